@@ -1,0 +1,69 @@
+"""Command-line entry point: argument parsing and exit codes only.
+
+Exit codes follow Terraform's -detailed-exitcode: 0 nothing to do, 2 changes pending
+(blocked ones included), 1 error.  Every error reaches the user as one line on stderr,
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+class UserError(Exception):
+    """An error to print as one line and exit 1."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reconciler", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    v = sub.add_parser("validate", help="check a desired-state file; exit 0 when valid")
+    v.add_argument("file")
+
+    sub.add_parser("schema", help="print the JSON Schema of the desired-state file")
+
+    pl = sub.add_parser("plan", help="show what would be done (dry run)")
+    pl.add_argument("file")
+    pl.add_argument("--node", default=None, help="this node's name (default: the host name)")
+    pl.add_argument("--observed", metavar="SNAPSHOT.json", help="plan from a saved snapshot of this node")
+    pl.add_argument("--peer-observed", metavar="SNAPSHOT.json", help="saved snapshot of the peer")
+    pl.add_argument("--json", action="store_true", help="machine-readable, versioned output")
+    pl.add_argument("--verbose", "-v", action="store_true", help="list every address")
+    return p
+
+
+def default_node() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as e:
+        print(f"reconciler: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("reconciler: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "validate":
+        from reconciler.cli.spec_cmds import cmd_validate
+
+        return cmd_validate(args)
+    if args.cmd == "schema":
+        from reconciler.cli.spec_cmds import cmd_schema
+
+        return cmd_schema(args)
+    if args.cmd == "plan":
+        from reconciler.cli.plan_cmd import cmd_plan
+
+        return cmd_plan(args)
+    raise UserError(f"unknown command {args.cmd}")

@@ -1,0 +1,145 @@
+"""Floating addresses: the diff between the spec's addresses and the interfaces.
+
+Rules enforced here:
+- Only addresses carrying our tag (`owned`) are ever removed; an untagged address equal
+  to a desired one is adopted on the Primary, and reported (never touched) elsewhere.
+- An address is added only when the peer holds none of the addresses being added.
+- Removing an IPv4 subnet's primary address drops its secondaries unless
+  promote_secondaries is set: the plan sets it first whenever an address must survive,
+  and lists removals secondaries-first so nothing is dropped as a side effect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from reconciler.model import AddressObs, InterfaceObs, NodeObservation
+from reconciler.plan.actions import Action, Guard, Kind
+from reconciler.plan.context import Ctx
+
+
+def _ip(addr: str) -> str:
+    return addr.split("/", 1)[0]
+
+
+def _sort_key(addr: str) -> tuple[int, int, int]:
+    iface = ipaddress.ip_interface(addr)
+    return (iface.version, int(iface.ip), iface.network.prefixlen)
+
+
+def peer_ips(peer: NodeObservation | None) -> dict[str, str]:
+    """IP (without prefix) -> 'addr/prefix on iface' for every address the peer holds."""
+    out: dict[str, str] = {}
+    if peer is None:
+        return out
+    for name, iface in peer.interfaces.items():
+        for a in iface.addresses:
+            out[_ip(a.address)] = f"{a.address} on {name}"
+    return out
+
+
+def _peer_free_guard(ctx: Ctx, items: tuple[str, ...]) -> Guard:
+    held = peer_ips(ctx.peer)
+    clash = [held[_ip(a)] for a in items if _ip(a) in held]
+    if not clash:
+        return Guard("peer_holds_none", True, f"peer {ctx.peer_name} holds none of these addresses")
+    more = f" (and {len(clash) - 1:,} more)" if len(clash) > 1 else ""
+    return Guard("peer_holds_none", False, f"peer {ctx.peer_name} still holds {clash[0]}{more}")
+
+
+def _removal_order(iface: InterfaceObs, remove: set[str]) -> tuple[list[str], bool]:
+    """Removal list (secondaries first) and whether promote_secondaries is needed."""
+    by_addr = {a.address: a for a in iface.addresses}
+    survivors = [a for a in iface.addresses if a.address not in remove and ":" not in a.address]
+    need_promote = False
+    for addr in remove:
+        a = by_addr[addr]
+        if ":" in addr or a.secondary:
+            continue
+        net = ipaddress.ip_interface(addr).network
+        if any(ipaddress.ip_interface(s.address).network == net for s in survivors):
+            need_promote = True
+            break
+    ordered = sorted(remove, key=lambda x: (not by_addr[x].secondary, _sort_key(x)))
+    return ordered, need_promote
+
+
+def _remove_actions(ctx: Ctx, name: str, iface: InterfaceObs, remove: set[str], why: str) -> list[Action]:
+    if not remove:
+        return []
+    ordered, need_promote = _removal_order(iface, remove)
+    out: list[Action] = []
+    if need_promote and iface.promote_secondaries is not True:
+        out.append(
+            Action(
+                Kind.SET_PROMOTE_SECONDARIES,
+                name,
+                f"{name}: removing a subnet's primary address would drop addresses that must stay "
+                "(promote_secondaries is 0)",
+            )
+        )
+    out.append(Action(Kind.REMOVE_ADDRESSES, name, why, items=tuple(ordered)))
+    return out
+
+
+def plan_addresses(ctx: Ctx) -> tuple[list[Action], list[str]]:
+    """Address actions for this node, and notes about addresses it must leave alone."""
+    desired = ctx.spec.addresses if ctx.is_primary else {}
+    actions: list[Action] = []
+    notes: list[str] = []
+    floating = ctx.spec.all_addresses
+    for name in sorted(set(ctx.spec.addresses) | set(ctx.own.interfaces)):
+        if name not in ctx.spec.addresses:
+            continue  # only managed interfaces are observed and touched
+        want = set(desired.get(name, ()))
+        iface = ctx.own.interfaces.get(name, InterfaceObs(exists=False))
+        if not iface.exists:
+            if want:
+                actions.append(_missing_iface(ctx, name, want))
+            continue
+        owned = {a.address for a in iface.addresses if a.owned}
+        foreign = {a.address for a in iface.addresses if not a.owned}
+        remove = owned - want
+        why = (
+            f"{ctx.me} is not the Primary: floating addresses go"
+            if not ctx.is_primary
+            else "tagged as ours but no longer in the spec"
+        )
+        actions += _remove_actions(ctx, name, iface, remove, why)
+        if not ctx.is_primary:
+            notes += _foreign_copies(name, foreign & floating)
+            continue
+        actions += _add_actions(ctx, name, tuple(sorted(want & foreign, key=_sort_key)), Kind.ADOPT_ADDRESSES)
+        actions += _add_actions(ctx, name, tuple(sorted(want - owned - foreign, key=_sort_key)), Kind.ADD_ADDRESSES)
+    return actions, notes
+
+
+def _add_actions(ctx: Ctx, name: str, items: tuple[str, ...], kind: Kind) -> list[Action]:
+    if not items:
+        return []
+    reach = ctx.peer_reachable_guard("it holds none of these addresses")
+    guards = [reach] if reach is not None else [_peer_free_guard(ctx, items)]
+    why = (
+        f"{ctx.me} is the Primary and these addresses are missing"
+        if kind is Kind.ADD_ADDRESSES
+        else "present but not tagged as ours: adopt (re-tag) instead of adding a duplicate"
+    )
+    return [Action(kind, name, why, items=items, guards=tuple(guards))]
+
+
+def _missing_iface(ctx: Ctx, name: str, want: set[str]) -> Action:
+    items = tuple(sorted(want, key=_sort_key))
+    g = Guard("interface_exists", False, f"interface {name} does not exist on {ctx.me}")
+    return Action(Kind.ADD_ADDRESSES, name, f"{ctx.me} is the Primary", items=items, guards=(g,))
+
+
+def _foreign_copies(name: str, clash: set[str]) -> list[str]:
+    return [
+        f"{a} on {name} is a floating address but was not added by reconciler; it is left alone: "
+        f"remove it by hand (ip address del {a} dev {name}) so the Primary can hold it"
+        for a in sorted(clash, key=_sort_key)
+    ]
+
+
+def owned_addresses(obs: NodeObservation) -> list[AddressObs]:
+    return [a for i in obs.interfaces.values() for a in i.addresses if a.owned]

@@ -1,0 +1,65 @@
+"""The planner: a pure function of (spec, node, own observation, peer observation).
+
+Order on the node that must be Primary (each step guarded on the peer's observed state):
+  DRBD up/connect -> DRBD Primary -> mount -> PostgreSQL promote (+CHECKPOINT)
+  -> floating addresses added (and announced) -> services started in spec order.
+Order on any other node (demotion):
+  services stopped in reverse -> floating addresses removed -> unmount -> DRBD Secondary
+  -> DRBD up/connect -> PostgreSQL CHECKPOINT + fast stop -> rejoin as a standby.
+The executor runs the first action only and observes again, so a later action's own
+preconditions are those the earlier actions establish.
+"""
+
+from __future__ import annotations
+
+from reconciler.model import NodeObservation, ServiceObs
+from reconciler.plan import drbd, net, postgres
+from reconciler.plan.actions import Action, Kind, Plan
+from reconciler.plan.context import Ctx
+from reconciler.spec import LoadedSpec
+
+
+class PlanError(ValueError):
+    """The inputs cannot be planned (e.g. the node is not in the spec)."""
+
+
+def plan(spec: LoadedSpec, node: str, own: NodeObservation, peer: NodeObservation | None) -> Plan:
+    if node not in spec.spec.nodes:
+        raise PlanError(f"node {node!r} is not in the spec (nodes: {', '.join(spec.spec.nodes)})")
+    if own.node != node:
+        raise PlanError(f"the observation is of node {own.node!r}, not {node!r}")
+    if peer is not None and peer.node != spec.spec.peer_of(node):
+        raise PlanError(f"the peer observation is of node {peer.node!r}, not {spec.spec.peer_of(node)!r}")
+    ctx = Ctx(spec, node, own, peer)
+    actions, notes = _primary(ctx) if ctx.is_primary else _secondary(ctx)
+    if peer is None and ctx.peer_name is not None:
+        notes.insert(0, f"peer {ctx.peer_name} is unreachable: every guard that needs its state waits")
+    return Plan(node=node, actions=tuple(actions), notes=tuple(notes), peer_reachable=ctx.peer_known)
+
+
+def _services(ctx: Ctx, start: bool) -> list[Action]:
+    out = []
+    services = ctx.spec.spec.services if start else list(reversed(ctx.spec.spec.services))
+    for s in services:
+        active = ctx.own.services.get(s.name, ServiceObs(active=False)).active
+        if start and not active:
+            out.append(Action(Kind.START_SERVICE, s.name, f"{ctx.me} is the Primary and {s.name} is not running"))
+        elif not start and active:
+            out.append(Action(Kind.STOP_SERVICE, s.name, f"{ctx.me} is not the Primary: {s.name} runs on the Primary only"))
+    return out
+
+
+def _primary(ctx: Ctx) -> tuple[list[Action], list[str]]:
+    actions, notes = drbd.plan_drbd_primary(ctx)
+    pg_actions, pg_notes = postgres.plan_postgres(ctx)
+    addr_actions, addr_notes = net.plan_addresses(ctx)
+    actions = actions + pg_actions + addr_actions + _services(ctx, start=True)
+    return actions, notes + pg_notes + addr_notes
+
+
+def _secondary(ctx: Ctx) -> tuple[list[Action], list[str]]:
+    addr_actions, addr_notes = net.plan_addresses(ctx)
+    drbd_actions, drbd_notes = drbd.plan_drbd_secondary(ctx)
+    pg_actions, pg_notes = postgres.plan_postgres(ctx)
+    actions = _services(ctx, start=False) + addr_actions + drbd.plan_unmounts(ctx) + drbd_actions + pg_actions
+    return actions, addr_notes + drbd_notes + pg_notes

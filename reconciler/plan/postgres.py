@@ -1,0 +1,205 @@
+"""PostgreSQL: writable on the spec's Primary only, a standby of the source elsewhere.
+
+Safety rules (see pg_position for the WAL arithmetic):
+- a standby is promoted, or a stopped primary started writable, only when the peer is
+  not writable and holds no WAL this node lacks (or the peer is declared fenced);
+- a node that must not be Primary is stopped with CHECKPOINT + fast shutdown, never
+  immediate; a crashed one is crash-recovered in single-user mode, never started
+  directly as a standby;
+- a diverged former primary is rewound only when the operator declared it fenced (the
+  plan says what is discarded); otherwise it waits with the reason.
+"""
+
+from __future__ import annotations
+
+from reconciler.model import PostgresObs
+from reconciler.plan import pg_position as pos
+from reconciler.plan.actions import Action, Guard, Kind
+from reconciler.plan.context import Ctx
+
+PG = "postgres"
+
+
+def _source(ctx: Ctx) -> tuple[str | None, tuple[tuple[str, str], ...], PostgresObs | None, bool]:
+    """(source name, executor params, source observation, source known) for a standby."""
+    cfg = ctx.spec.spec.postgres
+    assert cfg is not None
+    src = cfg.replication_source
+    if src == "primary":
+        src = ctx.spec.spec.primary
+    if src in ("none", ctx.me):
+        return None, (), None, False
+    if src in ctx.spec.spec.nodes:
+        params = (("host", ctx.spec.spec.nodes[src].address), ("port", str(cfg.port)), ("node", ctx.me))
+        obs = ctx.peer.postgres if (ctx.peer is not None and src == ctx.peer_name) else None
+        return src, params, obs, obs is not None
+    host, _, port = src.rpartition(":")
+    return src, (("host", host.strip("[]")), ("port", port), ("node", ctx.me)), None, True
+
+
+def plan_postgres(ctx: Ctx) -> tuple[list[Action], list[str]]:
+    if ctx.spec.spec.postgres is None:
+        return [], []
+    o = ctx.own.postgres
+    if o is None:
+        return [], [f"PostgreSQL on {ctx.me} could not be observed"]
+    if ctx.is_primary:
+        return _as_primary(ctx, o), []
+    return _as_secondary(ctx, o)
+
+
+# ---- the Primary -------------------------------------------------------------------
+
+
+def _peer_position_guards(ctx: Ctx, mine: pos.Position | None, own: PostgresObs) -> list[Guard]:
+    """Guards shared by promotion and by starting a stopped primary writable."""
+    reach = ctx.peer_reachable_guard("its PostgreSQL is stopped and not ahead")
+    if reach is not None:
+        return [reach]
+    peer_pg = ctx.peer.postgres if ctx.peer is not None else None
+    p = ctx.peer_name
+    if peer_pg is None or peer_pg.data_dir_empty:
+        return []
+    if pos.is_writable(peer_pg):
+        return [Guard("peer_not_writable", False, f"peer {p} PostgreSQL is still a writable primary (timeline {peer_pg.timeline})")]
+    if ctx.peer_fenced:
+        return [Guard("peer_fenced", True, f"peer {p} is declared fenced: its position is not awaited")]
+    if own.system_identifier and peer_pg.system_identifier and own.system_identifier != peer_pg.system_identifier:
+        return [Guard("same_system", False, f"peer {p} is a different database system ({peer_pg.system_identifier})")]
+    theirs = pos.clean_shutdown_position(peer_pg) or pos.running_standby_position(peer_pg)
+    if theirs is None:
+        state = peer_pg.cluster_state or "unknown"
+        what = "a stopped standby" if state in pos.STOPPED_STANDBY else f"stopped uncleanly ({state})"
+        return [Guard("peer_position_known", False, f"peer {p} PostgreSQL is {what}; waiting for its agent to bring it to a known position")]
+    if mine is None:
+        return [Guard("own_position_known", False, "this node's WAL position is unknown")]
+    lag = ctx.spec.spec.postgres.max_promotion_lag_bytes if ctx.spec.spec.postgres else 0
+    ok, why = pos.not_ahead(theirs, mine, own, lag)
+    if not ok and peer_pg.cluster_state == pos.CLEAN_PRIMARY and theirs.timeline == mine.timeline:
+        why = f"standby has received {pos.fmt(mine.lsn)}, old primary's shutdown checkpoint ends at {pos.fmt(theirs.lsn)}"
+    return [Guard("peer_not_ahead", ok, why or "holds")]
+
+
+def _as_primary(ctx: Ctx, o: PostgresObs) -> list[Action]:
+    if pos.is_writable(o):
+        if o.control_timeline is not None and o.timeline is not None and o.control_timeline < o.timeline:
+            return [Action(Kind.PG_CHECKPOINT, PG, "promoted, but pg_control still shows the old timeline (needed before any pg_rewind against this node)")]
+        return []
+    if o.running:  # a standby
+        guards = _peer_position_guards(ctx, pos.running_standby_position(o), o)
+        if o.replay_paused:
+            guards.append(Guard("replay_not_paused", False, "WAL replay is paused here; resume it with SELECT pg_wal_replay_resume()"))
+        return [Action(Kind.PG_PROMOTE, PG, f"spec says {ctx.me} is Primary; PostgreSQL is a standby here", guards=tuple(guards))]
+    return _start_as_primary(ctx, o)
+
+
+def _start_as_primary(ctx: Ctx, o: PostgresObs) -> list[Action]:
+    peer_params = _peer_params(ctx)
+    if o.data_dir_empty:
+        return [_clone(ctx, peer_params, "the data directory is empty")]
+    if o.cluster_state in pos.STOPPED_STANDBY or (o.standby_signal and o.cluster_state != pos.CLEAN_PRIMARY):
+        return [Action(Kind.PG_START_STANDBY, PG, "a stopped standby starts as a standby first; promotion follows", params=peer_params)]
+    if o.cluster_state == pos.CLEAN_PRIMARY:
+        mine = pos.clean_shutdown_position(o)
+    else:  # crashed in place as the primary: crash recovery on start, as PostgreSQL does itself
+        mine = pos.Position(o.checkpoint_timeline, None) if o.checkpoint_timeline else None
+    guards = _peer_position_guards(ctx, mine, o)
+    if all(g.holds for g in guards) or not peer_params or ctx.peer is None:
+        why = f"spec says {ctx.me} is Primary; PostgreSQL is stopped ({o.cluster_state})"
+        return [Action(Kind.PG_START_PRIMARY, PG, why, guards=tuple(guards))]
+    peer_pg = ctx.peer.postgres
+    if peer_pg is not None and pos.is_crashed_primary(peer_pg):
+        return [Action(Kind.PG_START_PRIMARY, PG, "waiting for the peer's crash recovery", guards=tuple(guards))]
+    if o.cluster_state != pos.CLEAN_PRIMARY:
+        why = f"stopped uncleanly ({o.cluster_state}) and the peer may be ahead: recover in single-user mode first, never start it straight as a standby"
+        return [Action(Kind.PG_CRASH_RECOVER, PG, why)]
+    return [Action(Kind.PG_START_STANDBY, PG, "the peer may hold WAL this node lacks: start as its standby to catch up, then promote", params=peer_params)]
+
+
+def _peer_params(ctx: Ctx) -> tuple[tuple[str, str], ...]:
+    cfg = ctx.spec.spec.postgres
+    if ctx.peer_name is None or cfg is None:
+        return ()
+    return (("host", ctx.spec.spec.nodes[ctx.peer_name].address), ("port", str(cfg.port)), ("node", ctx.me))
+
+
+def _clone(ctx: Ctx, params: tuple[tuple[str, str], ...], why: str) -> Action:
+    src = ctx.peer.postgres if ctx.peer is not None else None
+    ok = bool(params) and src is not None and src.running
+    g = Guard("source_running", ok, f"the source {ctx.peer_name} must be running to clone from it")
+    return Action(Kind.PG_CLONE, PG, f"{why}: clone it from the source (pg_basebackup into the empty directory)", guards=(g,), params=params)
+
+
+# ---- not the Primary ------------------------------------------------------------------
+
+
+def _as_secondary(ctx: Ctx, o: PostgresObs) -> tuple[list[Action], list[str]]:
+    src, params, src_pg, known = _source(ctx)
+    if pos.is_writable(o):
+        return [Action(Kind.PG_STOP, PG, f"{ctx.me} is not the Primary: PostgreSQL must not be writable here (CHECKPOINT, then fast shutdown)")], []
+    if o.running:
+        return _running_standby(ctx, o, src, params, src_pg)
+    if src is None:
+        return [], []
+    if o.data_dir_empty:
+        g = Guard("source_running", src_pg is not None and src_pg.running, f"the source {src} must be running to clone from it")
+        return [Action(Kind.PG_CLONE, PG, "the data directory is empty: clone it from the source", guards=(g,), params=params)], []
+    if pos.is_crashed_primary(o):
+        return _crashed_former_primary(ctx, o, params, src_pg), []
+    if o.cluster_state == pos.CLEAN_PRIMARY:
+        return _clean_former_primary(ctx, o, src, params, src_pg, known)
+    return [Action(Kind.PG_START_STANDBY, PG, f"a stopped standby: start it following {src}", params=params)], []
+
+
+def _running_standby(ctx: Ctx, o: PostgresObs, src: str | None, params, src_pg) -> tuple[list[Action], list[str]]:
+    if src is None:
+        return [], []
+    if src_pg is not None and pos.is_writable(src_pg) and (src_pg.timeline or 0) > (o.timeline or 0):
+        verdict, lost = pos.rejoin_verdict(o, src_pg)
+        if verdict == "diverged":
+            return _rewind_or_block(ctx, o, params, src_pg, lost)
+    p = dict(params)
+    if (o.conninfo_host, str(o.conninfo_port) if o.conninfo_port else None) != (p["host"], p["port"]):
+        return [Action(Kind.PG_RETARGET, PG, f"the standby follows {o.conninfo_host}:{o.conninfo_port}, not {src} ({p['host']}:{p['port']})", params=params)], []
+    return [], []
+
+
+def _crashed_former_primary(ctx: Ctx, o: PostgresObs, params, src_pg) -> list[Action]:
+    if ctx.me_fenced and src_pg is not None and pos.is_writable(src_pg):
+        return _rewind_or_block(ctx, o, params, src_pg, f"whatever {ctx.me} wrote after the fork (at least {pos.fmt(pos.lsn(o.checkpoint_lsn))} was reached)")[0]
+    return [Action(Kind.PG_CRASH_RECOVER, PG, f"PostgreSQL stopped uncleanly as a primary ({o.cluster_state}): recover it in single-user mode (no clients), never start it straight as a standby")]
+
+
+def _clean_former_primary(ctx: Ctx, o: PostgresObs, src, params, src_pg, known) -> tuple[list[Action], list[str]]:
+    start = Action(Kind.PG_START_STANDBY, PG, f"the former primary rejoins as a standby of {src}", params=params)
+    if not known:
+        g = Guard("source_reachable", False, f"the source {src} is unreachable: cannot tell whether this node can follow it without pg_rewind")
+        return [Action(Kind.PG_START_STANDBY, PG, start.reason, guards=(g,), params=params)], []
+    if src_pg is None:  # an external source: nothing to compare against
+        return [start], []
+    if pos.is_writable(src_pg):
+        verdict, detail = pos.rejoin_verdict(o, src_pg)
+        if verdict == "follow":
+            return [start], []
+        if verdict == "diverged":
+            return _rewind_or_block(ctx, o, params, src_pg, detail)
+        g = Guard("rejoin_decidable", False, f"cannot tell whether {ctx.me} can follow {src}: {detail}")
+        return [Action(Kind.PG_START_STANDBY, PG, start.reason, guards=(g,), params=params)], []
+    theirs = pos.running_standby_position(src_pg)
+    mine = pos.clean_shutdown_position(o)
+    if theirs and mine and theirs.timeline == mine.timeline and theirs.lsn is not None and mine.lsn is not None and theirs.lsn > mine.lsn:
+        g = Guard("rejoin_decidable", False, f"{src} has WAL past this node's shutdown checkpoint on the same timeline")
+        return [Action(Kind.PG_START_STANDBY, PG, start.reason, guards=(g,), params=params)], []
+    idle = f"start as a standby so that {src} can stream the WAL it may lack from here"
+    return [Action(Kind.PG_START_STANDBY, PG, idle, params=params)], []
+
+
+def _rewind_or_block(ctx: Ctx, o: PostgresObs, params, src_pg: PostgresObs, lost: str) -> tuple[list[Action], list[str]]:
+    why = f"{ctx.me} diverged from the new primary: pg_rewind discards {lost}"
+    guards = [
+        Guard("declared_fenced", ctx.me_fenced, f"{ctx.me} diverged; rewinding it discards {lost}. To accept, declare `fenced: [{ctx.me}]`; or re-clone it by hand"),
+        Guard("rewind_possible", o.rewind_possible is not False, "pg_rewind needs wal_log_hints=on or data checksums here: re-clone this node instead"),
+        Guard("source_checkpointed", src_pg.control_timeline == src_pg.timeline, "the new primary has not checkpointed since its promotion yet"),
+    ]
+    act = Action(Kind.PG_REWIND, PG, why, guards=tuple(guards), loses=lost, params=params)
+    return [act], []

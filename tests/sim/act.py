@@ -1,0 +1,224 @@
+"""Effects of the planner's actions on the simulated world, as the real tools behave.
+
+Each action is a list of micro-steps so that an agent can be killed part-way through one
+(`limit`).  A refusal the real tool would give raises `Refused`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from reconciler.plan.actions import Action, Kind
+from reconciler.spec import LoadedSpec
+from tests.sim.observe import connection_state, is_prefix, streaming
+from tests.sim.world import Addr, Drbd, Iface, Node, World
+
+
+class Refused(Exception):
+    pass
+
+
+def _follows(a: Action) -> tuple[str, int]:
+    return (a.param("host") or "", int(a.param("port") or 0))
+
+
+def _source(world: World, spec: LoadedSpec, a: Action) -> Node | None:
+    host = a.param("host")
+    for name, n in spec.spec.nodes.items():
+        if n.address == host:
+            return world.nodes[name]
+    return None
+
+
+def _check_data_safe(world: World, node: Node, what: str) -> None:
+    if world.fenced_ever:
+        return
+    tokens = {t for _, t in node.pg.wal}
+    lost = [c for c in world.acked_commits if c not in tokens]
+    if lost and what == "pg":
+        world.violations.append(f"{node.name} made writable without acknowledged commits {lost[:3]}")
+
+
+def pg_stop(world: World, spec: LoadedSpec, node: Node) -> None:
+    pg = node.pg
+    if not pg.running:
+        return
+    if pg.standby:
+        pg.running, pg.state = False, "shut down in recovery"
+        return
+    pg.wal.append((pg.tli, world.token("ckpt")))
+    pg.ckpt_lsn = len(pg.wal) - 1
+    for other in world.nodes.values():  # walsenders drain to *connected* standbys only
+        if other is not node and streaming(world, spec, other) is node:
+            other.pg.wal = list(pg.wal)
+            other.pg.history = list(pg.history)
+    pg.running, pg.state = False, "shut down"
+
+
+def _crash_recover(world: World, node: Node) -> None:
+    pg = node.pg
+    if pg.running:
+        raise Refused("postmaster is running")
+    pg.wal.append((pg.tli, world.token("ckpt")))
+    pg.ckpt_lsn, pg.state = len(pg.wal) - 1, "shut down"
+
+
+def _start(world: World, node: Node, standby: bool, a: Action) -> None:
+    pg = node.pg
+    if pg.running:
+        return
+    if pg.empty:
+        raise Refused("data directory is empty")
+    if standby:
+        pg.standby_signal, pg.follows = True, _follows(a)
+    else:
+        pg.standby_signal = False
+        if pg.state != "shut down":  # crash recovery on start
+            pg.wal.append((pg.tli, world.token("ckpt")))
+        _check_data_safe(world, node, "pg")
+    pg.running, pg.standby = True, standby
+    pg.state = "in archive recovery" if standby else "in production"
+
+
+def _promote(world: World, node: Node) -> None:
+    pg = node.pg
+    if not (pg.running and pg.standby):
+        raise Refused("recovery is not in progress")
+    if pg.paused:
+        raise Refused("replay paused")
+    new = pg.known_tlis + 1
+    pg.history.append((pg.tli, len(pg.wal)))
+    pg.wal.append((new, world.token("eor")))
+    pg.standby = pg.standby_signal = False
+    pg.state = "in production"
+    _check_data_safe(world, node, "pg")
+
+
+def _rewind(world: World, spec: LoadedSpec, node: Node, a: Action) -> None:
+    src = _source(world, spec, a)
+    pg = node.pg
+    if pg.running:
+        pg_stop(world, spec, node)
+    if src is None or not world.reachable(node.name, src.name) or not src.pg.running or src.pg.standby:
+        raise Refused("source not a reachable primary")
+    if src.pg.control_tli != src.pg.tli:
+        raise Refused("source has not checkpointed since promotion")
+    pg.wal, pg.history = list(src.pg.wal), list(src.pg.history)
+    pg.state, pg.standby_signal, pg.follows = "in archive recovery", True, _follows(a)
+
+
+def _clone(world: World, spec: LoadedSpec, node: Node, a: Action) -> None:
+    src = _source(world, spec, a)
+    if not node.pg.empty:
+        raise Refused("target not empty")
+    if src is None or not world.reachable(node.name, src.name) or not src.pg.running:
+        raise Refused("source unreachable")
+    node.pg.wal, node.pg.history, node.pg.empty = list(src.pg.wal), list(src.pg.history), False
+    node.pg.control_tli = src.pg.tli
+    node.pg.standby_signal, node.pg.follows, node.pg.running, node.pg.standby = True, _follows(a), True, True
+
+
+def _drbd_primary(world: World, node: Node, res: str) -> None:
+    d = node.drbd[res]
+    peer = world.peer(node.name).drbd.get(res)
+    if not d.configured:
+        raise Refused("minor not allocated")
+    if connection_state(world, node, res) == "Connected" and peer and peer.role == "Primary":
+        raise Refused("(-1) Multiple primaries not allowed by config")
+    if d.disk != "UpToDate":
+        raise Refused("(-2) Need access to UpToDate data")
+    d.role = "Primary"
+    if not world.fenced_ever:
+        lost = [w for w in world.acked_files.get(res, []) if w not in d.data]
+        if lost:
+            world.violations.append(f"{node.name} DRBD {res} promoted without acknowledged writes {lost[:3]}")
+
+
+def _drbd_secondary(node: Node, res: str, device: str) -> None:
+    if device in node.mounts.values():
+        raise Refused("(-12) Device is held open by someone")
+    node.drbd[res].role = "Secondary"
+
+
+def _mount(node: Node, a: Action) -> None:
+    res, dev = a.param("resource"), a.param("device")
+    d = node.drbd.get(res or "")
+    if d is None or d.role != "Primary":
+        raise Refused("mount: wrong medium type (DRBD device is Secondary)")
+    node.mounts[a.target] = dev or ""
+
+
+def _unmount(node: Node, mp: str) -> None:
+    if any(node.services.values()):
+        raise Refused("umount: target is busy")
+    node.mounts.pop(mp, None)
+
+
+def _add(node: Node, iface: str, item: str, adopt: bool) -> None:
+    i = node.ifaces.setdefault(iface, Iface())
+    for x in i.addresses:
+        if x.address == item:
+            x.owned = True
+            return
+    if adopt:
+        return
+    i.addresses.append(Addr(item, True))
+
+
+def _remove(node: Node, iface: str, item: str) -> None:
+    i = node.ifaces.get(iface)
+    if i is None:
+        return
+    x = next((x for x in i.addresses if x.address == item), None)
+    if x is not None and x.owned:  # never an address we do not own
+        i.delete(item)
+
+
+def steps(world: World, spec: LoadedSpec, node: Node, a: Action) -> list[Callable[[], None]]:
+    k, t = a.kind, a.target
+    devices = {r.name: r.device for r in spec.spec.drbd}
+    table: dict[Kind, list[Callable[[], None]]] = {
+        Kind.STOP_SERVICE: [lambda: node.services.__setitem__(t, False)],
+        Kind.START_SERVICE: [lambda: node.services.__setitem__(t, True)],
+        Kind.SET_PROMOTE_SECONDARIES: [lambda: setattr(node.ifaces[t], "promote_secondaries", True)],
+        Kind.REMOVE_ADDRESSES: [lambda x=x: _remove(node, t, x) for x in a.items],
+        Kind.ADD_ADDRESSES: [lambda x=x: _add(node, t, x, False) for x in a.items],
+        Kind.ADOPT_ADDRESSES: [lambda x=x: _add(node, t, x, True) for x in a.items],
+        Kind.UNMOUNT: [lambda: _unmount(node, t)],
+        Kind.MOUNT: [lambda: _mount(node, a)],
+        Kind.DRBD_UP: [lambda: _drbd_up(node, t)],
+        Kind.DRBD_CONNECT: [lambda: setattr(node.drbd[t], "standalone", False)],
+        Kind.DRBD_SECONDARY: [lambda: _drbd_secondary(node, t, devices[t])],
+        Kind.DRBD_PRIMARY: [lambda: _drbd_primary(world, node, t)],
+        Kind.PG_STOP: [lambda: None, lambda: pg_stop(world, spec, node)],
+        Kind.PG_CRASH_RECOVER: [lambda: _crash_recover(world, node)],
+        Kind.PG_CLONE: [lambda: _clone(world, spec, node, a)],
+        Kind.PG_REWIND: [lambda: _rewind(world, spec, node, a)],
+        Kind.PG_START_STANDBY: [lambda: setattr(node.pg, "standby_signal", True), lambda: _start(world, node, True, a)],
+        Kind.PG_RETARGET: [lambda: setattr(node.pg, "follows", _follows(a))],
+        Kind.PG_START_PRIMARY: [lambda: _start(world, node, False, a)],
+        Kind.PG_PROMOTE: [lambda: _promote(world, node), lambda: setattr(node.pg, "control_tli", node.pg.tli)],
+        Kind.PG_CHECKPOINT: [lambda: setattr(node.pg, "control_tli", node.pg.tli)],
+    }
+    return table[k]
+
+
+def _drbd_up(node: Node, res: str) -> None:
+    d = node.drbd.setdefault(res, Drbd())
+    d.configured, d.standalone, d.role = True, False, "Secondary"
+
+
+def execute(world: World, spec: LoadedSpec, node: Node, a: Action, limit: int | None = None) -> str:
+    """Run the action's micro-steps (only the first `limit` if the agent dies part-way)."""
+    todo = steps(world, spec, node, a)
+    if limit is not None:
+        todo = todo[:limit]
+    try:
+        for step in todo:
+            step()
+    except Refused as e:
+        return f"refused: {e}"
+    return "ok"
+
+
+__all__ = ["execute", "pg_stop", "Refused", "is_prefix"]

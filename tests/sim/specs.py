@@ -1,0 +1,29 @@
+"""Desired-state specs for the simulated cluster, built in memory (no file I/O)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from reconciler.spec import LoadedSpec
+from reconciler.spec.models import Spec
+
+
+def make_spec(primary: str = "mx1", fenced: tuple[str, ...] = (), ips: tuple[str, ...] = ("10.9.0.10/24", "10.9.0.11/24", "10.9.0.12/24"),
+              drbd: bool = True, postgres: bool = True, services: bool = True) -> LoadedSpec:
+    doc: dict = {
+        "cluster": "sim",
+        "nodes": {"mx1": {"address": "10.0.0.1"}, "mx2": {"address": "10.0.0.2"}},
+        "primary": primary,
+        "fenced": list(fenced),
+        "floating_ips": {"interface": "eth0", "addresses": list(ips)},
+    }
+    if drbd:
+        doc["drbd"] = [{"name": "r0", "device": "/dev/drbd0", "mount": "/var/hvmail"}]
+    if postgres:
+        doc["postgres"] = {"data_dir": "/var/lib/postgresql/15/main"}
+    if services:
+        doc["services"] = [{"name": "greenarrow"}, {"name": "smtp"}]
+    spec = Spec.model_validate(doc)
+    addrs = tuple(sorted({ipaddress.ip_interface(a).with_prefixlen for a in ips},
+                         key=lambda a: int(ipaddress.ip_interface(a).ip)))
+    return LoadedSpec(spec=spec, addresses={"eth0": addrs} if addrs else {}, digest=f"sim-{primary}-{fenced}-{ips}")
