@@ -9,20 +9,68 @@ Schema, the editor and the loader all agree on one definition.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # Linux IFNAMSIZ is 16 including the NUL; '/', ':' and whitespace are refused by the kernel
-# or by iproute2, and "." / ".." are refused as names.
-IFNAME_RE = r"^(?!\.\.?$)[A-Za-z0-9_.@-]{1,15}$"
+# or by iproute2, and "." / ".." are refused as names (by a validator: pydantic-core's regex
+# engine has no look-ahead).
+IFNAME_RE = r"^[A-Za-z0-9_.@-]{1,15}$"
 UNIT_RE = r"^[A-Za-z0-9:_.@\\-]{1,255}$"
 
 NodeName = Annotated[str, StringConstraints(pattern=NAME_RE)]
-IfName = Annotated[str, StringConstraints(pattern=IFNAME_RE)]
-AbsPath = Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$", max_length=4096)]
+
+
+def _not_dots(v: str) -> str:
+    if v in (".", ".."):
+        raise ValueError(f"not a valid interface name: {v!r}")
+    return v
+
+
+IfName = Annotated[str, StringConstraints(pattern=IFNAME_RE), AfterValidator(_not_dots)]
+ABS_PATH_RE = r"^/[^\x00]*$"
+AbsPath = Annotated[str, StringConstraints(pattern=ABS_PATH_RE, max_length=4096)]
+
+
+Loc = tuple[str | int, ...]
+
+
+def loc_str(loc: Loc) -> str:
+    """('floating_ips', 'addresses', 3) -> 'floating_ips.addresses[3]'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class SpecValueError(ValueError):
+    """A cross-field error that knows the key path it belongs to (`loc`, below Spec), so
+    that the loader can point at the right line; `str()` is "key.path: reason"."""
+
+    def __init__(self, loc: Loc, reason: str) -> None:
+        super().__init__(f"{loc_str(loc)}: {reason}")
+        self.loc = loc
+        self.reason = reason
+
+
+def _unique(seen: dict[object, str], value: object, loc: Loc, what: str) -> None:
+    if value in seen:
+        raise SpecValueError(loc, f"duplicate {what} {str(value)!r} (already at {seen[value]})")
+    seen[value] = loc_str(loc)
+
+
+def _check_source(src: str, nodes: dict[str, "Node"]) -> None:
+    if src == "primary" or src in nodes:
+        return
+    m = re.match(r"^[A-Za-z0-9.:\[\]-]+:(\d{1,5})$", src)
+    if not m or not 1 <= int(m.group(1)) <= 65535:
+        raise SpecValueError(
+            ("postgres", "replication_source"), f"{src!r} is neither 'primary', a node name nor host:port"
+        )
 
 
 class _Strict(BaseModel):
@@ -30,13 +78,13 @@ class _Strict(BaseModel):
 
 
 class Node(_Strict):
+    """One cluster node, keyed by its name (the host name without the domain)."""
+
     address: str = Field(description="IP address used for replication and for talking to the peer agent")
 
     @field_validator("address")
     @classmethod
     def _ip(cls, v: str) -> str:
-        import ipaddress
-
         try:
             ipaddress.ip_address(v)
         except ValueError:
@@ -45,19 +93,28 @@ class Node(_Strict):
 
 
 class AddressEntry(_Strict):
+    """A floating address entry with its own interface."""
+
     address: str = Field(description="CIDR (192.0.2.10/24) or inclusive range (192.0.2.2-192.0.2.100/24)")
     interface: IfName | None = Field(default=None, description="overrides floating_ips.interface")
 
 
 class FloatingIps(_Strict):
+    """Addresses brought up on the Primary only; each entry is one host address with its prefix
+    (like `ip addr add`) or an inclusive range; no address may appear twice."""
+
     interface: IfName | None = Field(default=None, description="default interface for the addresses")
-    addresses: list[str | AddressEntry] = Field(default_factory=list)
+    addresses: list[str | AddressEntry] = Field(
+        default_factory=list, description="entries: 192.0.2.10/24, 192.0.2.2-192.0.2.100/24, or {address, interface}"
+    )
     ips_file: AbsPath | None = Field(
         default=None, description="legacy /etc/hvmail_primary_ips format: one CIDR a line, # comments"
     )
 
 
 class DrbdResource(_Strict):
+    """A DRBD resource: Primary on the primary node, mounted there when `mount` is set."""
+
     name: NodeName
     device: AbsPath = Field(description="e.g. /dev/drbd0")
     mount: AbsPath | None = Field(default=None, description="mount point on the Primary")
@@ -68,6 +125,8 @@ class DrbdResource(_Strict):
 
 
 class Postgres(_Strict):
+    """PostgreSQL: read-write on the primary, a hot standby streaming from it on the peer."""
+
     data_dir: AbsPath
     bin_dir: AbsPath = "/usr/lib/postgresql/15/bin"
     port: int = Field(default=5432, ge=1, le=65535)
@@ -85,6 +144,8 @@ class Postgres(_Strict):
 
 
 class CommandSet(_Strict):
+    """argv lists (the program an absolute path) to start, stop and check a service."""
+
     start: list[str] = Field(min_length=1)
     stop: list[str] = Field(min_length=1)
     status: list[str] = Field(min_length=1, description="exit 0 when running")
@@ -98,6 +159,8 @@ class CommandSet(_Strict):
 
 
 class Service(_Strict):
+    """A service run on the Primary only: a systemd unit, or the given `commands`."""
+
     name: Annotated[str, StringConstraints(pattern=UNIT_RE)]
     commands: CommandSet | None = Field(
         default=None, description="start/stop/status argv lists; without it the name is a systemd unit"
@@ -105,12 +168,16 @@ class Service(_Strict):
 
 
 class Announce(_Strict):
+    """Gratuitous ARP / unsolicited neighbour advertisements after an address comes up."""
+
     count: int = Field(default=3, ge=0, le=100, description="gratuitous ARPs / unsolicited NAs per address")
     interval_ms: int = Field(default=200, ge=0, le=60_000)
     rate_limit_pps: int = Field(default=2000, ge=1, le=1_000_000, description="packets per second, all addresses")
 
 
 class Agent(_Strict):
+    """Settings of the reconciler agent running on each node."""
+
     drift_check_interval_s: float = Field(default=5.0, gt=0, le=3600)
     peer_port: int = Field(default=7170, ge=1, le=65535)
     peer_secret_file: AbsPath = "/etc/reconciler/peer.secret"
@@ -140,31 +207,29 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> "Spec":
-        if self.primary != "none" and self.primary not in self.nodes:
-            raise ValueError(f"primary: {self.primary!r} is not one of the nodes ({', '.join(self.nodes)})")
-        for n in self.fenced:
-            if n not in self.nodes:
-                raise ValueError(f"fenced: {n!r} is not one of the nodes")
-            if n == self.primary:
-                raise ValueError(f"fenced: {n!r} cannot be fenced and primary at once")
-        if len(set(self.fenced)) != len(self.fenced):
-            raise ValueError("fenced: a node is listed twice")
-        addrs = [n.address for n in self.nodes.values()]
-        if len(set(addrs)) != len(addrs):
-            raise ValueError("nodes: two nodes share an address")
-        for field, items in (("drbd", [r.name for r in self.drbd]), ("services", [s.name for s in self.services])):
-            if len(set(items)) != len(items):
-                raise ValueError(f"{field}: a name is listed twice")
-        mounts = [r.mount for r in self.drbd if r.mount]
-        if len(set(mounts)) != len(mounts):
-            raise ValueError("drbd: two resources share a mount point")
+        self._check_roles()
+        seen: dict[object, str] = {}
+        for name, node in self.nodes.items():
+            _unique(seen, ipaddress.ip_address(node.address), ("nodes", name, "address"), "address")
+        for field, attr in (("drbd", "name"), ("drbd", "device"), ("drbd", "mount"), ("services", "name")):
+            seen = {}
+            for i, item in enumerate(getattr(self, field)):
+                if getattr(item, attr) is not None:
+                    _unique(seen, getattr(item, attr), (field, i, attr), attr)
         if self.postgres is not None:
-            src = self.postgres.replication_source
-            if src != "primary" and src not in self.nodes and not re.match(r"^[A-Za-z0-9.:\[\]-]+:\d{1,5}$", src):
-                raise ValueError(
-                    f"postgres.replication_source: {src!r} is neither 'primary', a node name nor host:port"
-                )
+            _check_source(self.postgres.replication_source, self.nodes)
         return self
+
+    def _check_roles(self) -> None:
+        if self.primary != "none" and self.primary not in self.nodes:
+            raise SpecValueError(("primary",), f"{self.primary!r} is not one of the nodes ({', '.join(self.nodes)})")
+        seen: dict[object, str] = {}
+        for i, n in enumerate(self.fenced):
+            if n not in self.nodes:
+                raise SpecValueError(("fenced", i), f"{n!r} is not one of the nodes ({', '.join(self.nodes)})")
+            if n == self.primary:
+                raise SpecValueError(("fenced", i), f"{n!r} cannot be fenced and primary at once")
+            _unique(seen, n, ("fenced", i), "node")
 
     def peer_of(self, node: str) -> str | None:
         others = [n for n in self.nodes if n != node]

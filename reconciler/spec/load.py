@@ -1,0 +1,276 @@
+"""Load the desired-state file: bytes -> YAML nodes (with positions) -> `Spec` -> `LoadedSpec`.
+
+Every problem becomes one `SpecError` whose `str()` is a single `FILE:LINE:COL: key.path:
+reason` line.  The YAML is composed by PyYAML's SafeLoader so each value keeps its mark;
+anchors/aliases, duplicate keys, non-string keys and merge keys are refused here (PyYAML
+would silently accept them).  Pydantic's errors are translated in `reconciler.spec.errors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from reconciler.spec import LoadedSpec
+from reconciler.spec.addresses import (
+    MAX_TOTAL,
+    AddressError,
+    Block,
+    find_overlap,
+    first_over_total,
+    group_expand,
+    ips_file_entries,
+    parse_entry,
+)
+from reconciler.spec.errors import Doc, Loc, SpecError, from_validation_error
+from reconciler.spec.models import Spec, loc_str
+
+MAX_SPEC_BYTES = 1 << 20  # the spec file; PyYAML composes ~3 s/MiB, so keep it small
+MAX_IPS_BYTES = 4 << 20  # the ips_file: plain lines, parsed fast
+MAX_DEPTH = 64  # YAML nesting
+
+__all__ = ["SpecError", "load_spec", "load_spec_bytes", "MAX_SPEC_BYTES", "MAX_IPS_BYTES"]
+
+
+def load_spec(path: str) -> LoadedSpec:
+    """Read, parse and check the spec file at `path` (and its ips_file, if any)."""
+    return load_spec_bytes(read_capped(path, MAX_SPEC_BYTES, path, "(file)"), path)
+
+
+def load_spec_bytes(data: bytes, path: str = "<memory>") -> LoadedSpec:
+    """As `load_spec`, from bytes already read; `path` names the file in errors."""
+    doc = Doc(path)
+    root = _compose(_decode(data, path, "(file)"), path)
+    if root is None:
+        raise SpecError(path, 1, 1, "(file)", "empty file: expected a mapping with cluster, nodes, primary, ...")
+    if not isinstance(root, yaml.MappingNode):
+        got = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
+        raise SpecError(path, *_pos(root.start_mark), "(file)", f"the top level must be a mapping of keys, got {got}")
+    obj = _Builder(doc).build(root)
+    try:
+        spec = Spec.model_validate(obj, strict=True)
+    except ValidationError as e:
+        raise from_validation_error(e, doc) from None
+    addresses, ips_bytes = _addresses(spec, doc)
+    digest = hashlib.sha256(data + ips_bytes).hexdigest()
+    return LoadedSpec(spec=spec, addresses=addresses, digest=digest, path=path)
+
+
+def read_capped(path: str, cap: int, err_file: str, err_key: str, at: tuple[int, int] = (1, 1)) -> bytes:
+    """The bytes of a regular file of at most `cap` bytes; else a SpecError at `err_file:at`.
+    O_NONBLOCK so that a FIFO given by mistake is refused instead of blocking the open."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SpecError(err_file, *at, err_key, f"{path} is not a regular file")
+            data = f.read(cap + 1)
+    except OSError as e:
+        raise SpecError(err_file, *at, err_key, f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > cap:
+        raise SpecError(err_file, *at, err_key, f"{path} is larger than the {cap // 1024} KiB limit")
+    return data
+
+
+def _decode(data: bytes, path: str, key: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SpecError(path, line, col, key, f"not valid UTF-8 (byte 0x{data[e.start]:02x})") from None
+
+
+def _pos(mark: Any) -> tuple[int, int]:
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+
+
+class _Refused(yaml.MarkedYAMLError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors/aliases (no "billion laughs") and deep nesting."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _Refused(problem="YAML anchors and aliases (&name, *name) are not allowed in a spec",
+                           problem_mark=event.start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _compose(text: str, path: str) -> yaml.Node | None:
+    loader = None
+    try:
+        loader = _Loader(text)
+        return loader.get_single_node()
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        ch = e.character if isinstance(e.character, int) else ord(e.character)
+        raise SpecError(path, line, col, "yaml", f"character U+{ch:04X} is not allowed in YAML") from None
+    except yaml.MarkedYAMLError as e:
+        raise _syntax_error(e, path) from None
+    except yaml.YAMLError as e:
+        raise SpecError(path, 1, 1, "yaml", " ".join(str(e).split())) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _syntax_error(e: yaml.MarkedYAMLError, path: str) -> SpecError:
+    mark = e.problem_mark or e.context_mark
+    problem = e.problem or "syntax error"
+    if "'\\t'" in problem:
+        return SpecError(path, *_pos(mark), "yaml", "tab character used for indentation; YAML indents with spaces")
+    reason = problem
+    if e.context:
+        where = ""
+        if e.context_mark is not None and (mark is None or e.context_mark.line != mark.line):
+            where = f" at line {e.context_mark.line + 1}"
+        reason = f"{problem} ({e.context}{where})"
+    return SpecError(path, *_pos(mark), "yaml", " ".join(reason.split()))
+
+
+_MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
+class _Builder:
+    """Plain Python data from composed nodes, recording each value's position in `doc`."""
+
+    def __init__(self, doc: Doc) -> None:
+        self.doc = doc
+        self.constructor = yaml.constructor.SafeConstructor()  # for scalars (int, bool, ...)
+
+    def _error(self, node: yaml.Node, loc: Loc, reason: str) -> SpecError:
+        return SpecError(self.doc.path, *_pos(node.start_mark), loc_str(loc) or "(file)", reason)
+
+    def build(self, node: yaml.Node, loc: Loc = ()) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                return self.constructor.construct_object(node)
+            except Exception as e:  # unknown tag, impossible date, ...
+                reason = getattr(e, "problem", None) or str(e)
+                raise self._error(node, loc, f"cannot read this value: {reason}") from None
+        if node.tag not in (_MAP, _SEQ):
+            raise self._error(node, loc, f"unsupported YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')}")
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, child in enumerate(node.value):
+                self.doc.marks[loc + (i,)] = (None, child.start_mark)
+                items.append(self.build(child, loc + (i,)))
+            return items
+        out: dict[str, Any] = {}
+        for knode, vnode in node.value:
+            key = self._key(knode, loc)
+            if key in out:
+                first = _pos(self.doc.marks[loc + (key,)][0])[0]
+                raise self._error(knode, loc + (key,), f"duplicate key {key!r} (first at line {first})")
+            self.doc.marks[loc + (key,)] = (knode.start_mark, vnode.start_mark)
+            out[key] = self.build(vnode, loc + (key,))
+        return out
+
+    def _key(self, knode: yaml.Node, loc: Loc) -> str:
+        if not isinstance(knode, yaml.ScalarNode):
+            raise self._error(knode, loc, "a key must be a plain string, not a list or mapping")
+        if knode.tag == "tag:yaml.org,2002:merge":
+            raise self._error(knode, loc, "merge keys (<<) are not allowed in a spec")
+        key = self.build(knode, loc)
+        if not isinstance(key, str):
+            kind = type(key).__name__
+            raise self._error(knode, loc, f"key {knode.value!r} is read as {kind}, not a string; quote it")
+        return key
+
+
+@dataclass(frozen=True)
+class _Entry:
+    block: Block
+    iface: str
+    text: str
+    file: str
+    line: int
+    col: int
+    key: str  # key path shown in errors: floating_ips.addresses[3] or ips_file
+
+    def where(self, other_file: str) -> str:
+        if self.key == "ips_file":
+            return f"{self.file} line {self.line}" if other_file != self.file else f"ips_file line {self.line}"
+        file = f"{self.file} " if other_file != self.file else ""
+        return f"{self.key}, {file}line {self.line}"
+
+    def error(self, reason: str) -> SpecError:
+        return SpecError(self.file, self.line, self.col, self.key, reason)
+
+
+def _addresses(spec: Spec, doc: Doc) -> tuple[dict[str, tuple[str, ...]], bytes]:
+    """Resolve every floating address entry to (interface, block); check caps and overlaps."""
+    entries = _spec_entries(spec, doc)
+    ips_bytes = b""
+    if spec.floating_ips.ips_file:
+        ips_bytes, more = _ips_file_entries(spec, doc)
+        entries.extend(more)
+    blocks = [e.block for e in entries]
+    over = first_over_total(blocks)
+    if over is not None:
+        raise entries[over].error(f"more than {MAX_TOTAL:,} floating addresses in all")
+    pair = find_overlap(blocks)
+    if pair is not None:
+        a, b = entries[pair[0]], entries[pair[1]]
+        same = a.block.count == b.block.count == 1
+        verb = "repeats the address of" if same else "overlaps"
+        raise b.error(f"{b.text} {verb} {a.text} ({a.where(b.file)})")
+    return group_expand((e.iface, e.block) for e in entries), ips_bytes
+
+
+def _spec_entries(spec: Spec, doc: Doc) -> list[_Entry]:
+    fi = spec.floating_ips
+    out: list[_Entry] = []
+    for i, item in enumerate(fi.addresses):
+        loc: Loc = ("floating_ips", "addresses", i)
+        if isinstance(item, str):
+            text, iface, line_col = item, fi.interface, doc.pos(loc)
+        else:
+            text, iface, line_col = item.address, item.interface or fi.interface, doc.pos(loc + ("address",))
+        key = loc_str(loc)
+        try:
+            block = parse_entry(text)
+        except AddressError as e:
+            raise SpecError(doc.path, *line_col, key, str(e)) from None
+        if iface is None:
+            reason = "no interface: set floating_ips.interface or this entry's interface"
+            raise SpecError(doc.path, *line_col, key, reason)
+        out.append(_Entry(block, iface, text.strip(), doc.path, *line_col, key))
+    return out
+
+
+def _ips_file_entries(spec: Spec, doc: Doc) -> tuple[bytes, list[_Entry]]:
+    fi = spec.floating_ips
+    assert fi.ips_file is not None
+    at = doc.pos(("floating_ips", "ips_file"))
+    if fi.interface is None:
+        raise SpecError(doc.path, *at, "floating_ips.ips_file", "the ips_file addresses need floating_ips.interface")
+    data = read_capped(fi.ips_file, MAX_IPS_BYTES, doc.path, "floating_ips.ips_file", at)
+    text = _decode(data, fi.ips_file, "ips_file")
+    out: list[_Entry] = []
+    for line, entry in ips_file_entries(text):
+        try:
+            block = parse_entry(entry)
+        except AddressError as e:
+            raise SpecError(fi.ips_file, line, 1, "ips_file", str(e)) from None
+        out.append(_Entry(block, fi.interface, entry, fi.ips_file, line, 1, "ips_file"))
+    return data, out
