@@ -8,6 +8,7 @@ never as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("reconciler: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # never a traceback to the user; RECONCILER_DEBUG=1 shows it
+        if os.environ.get("RECONCILER_DEBUG") == "1":
+            raise
+        print(f"reconciler: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -1,0 +1,185 @@
+"""Planner cases on the example cluster: minimal plans, ownership, ordering, guard wording.
+
+Inputs are the committed example snapshots (specs/examples/), changed field by field.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from reconciler.model import AddressObs, InterfaceObs, NodeObservation, PostgresObs, TimelineSwitch
+from reconciler.plan.actions import Kind
+from reconciler.plan.planner import PlanError, plan
+from reconciler.spec.load import load_spec, load_spec_bytes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EX = os.path.join(ROOT, "specs", "examples")
+SPEC = load_spec(os.path.join(ROOT, "specs", "cluster.example.yaml"))
+
+
+def snap(scenario: str, node: str) -> NodeObservation:
+    with open(os.path.join(EX, scenario, f"{node}.json")) as f:
+        return NodeObservation.from_json(f.read())
+
+
+def spec_with(**replace: str):
+    text = open(os.path.join(ROOT, "specs", "cluster.example.yaml"), "rb").read()
+    for old, new in replace.items():
+        text = text.replace(old.encode(), new.encode())
+    return load_spec_bytes(text, "cluster.yaml")
+
+
+def with_iface(obs: NodeObservation, name: str, **kw) -> NodeObservation:
+    ifaces = dict(obs.interfaces)
+    ifaces[name] = ifaces[name].model_copy(update=kw)
+    return obs.model_copy(update={"interfaces": ifaces})
+
+
+def kinds(p) -> list[Kind]:
+    return [a.kind for a in p.actions]
+
+
+def test_converged_pair_plans_nothing_on_either_node():
+    assert plan(SPEC, "mx1", snap("converged", "mx1"), snap("converged", "mx2")).empty
+    assert plan(SPEC, "mx2", snap("converged", "mx2"), snap("converged", "mx1")).empty
+
+
+def test_one_missing_address_plans_exactly_one_add():
+    own = snap("converged", "mx1")
+    eth0 = own.interfaces["eth0"]
+    gone = [a for a in eth0.addresses if a.address == "192.0.2.33/24"]
+    assert gone
+    own = with_iface(own, "eth0", addresses=tuple(a for a in eth0.addresses if a.address != "192.0.2.33/24"))
+    p = plan(SPEC, "mx1", own, snap("converged", "mx2"))
+    assert [(a.kind, a.items) for a in p.actions] == [(Kind.ADD_ADDRESSES, ("192.0.2.33/24",))]
+    assert not p.actions[0].blocked
+
+
+def test_one_address_removed_from_spec_plans_exactly_one_remove():
+    spec = spec_with(**{"    - 2001:db8:25::10/64 ": "    # removed "})
+    p = plan(spec, "mx1", snap("converged", "mx1"), snap("converged", "mx2"))
+    assert [(a.kind, a.items) for a in p.actions] == [(Kind.REMOVE_ADDRESSES, ("2001:db8:25::10/64",))]
+
+
+def test_untagged_address_is_never_removed_and_a_desired_one_is_adopted():
+    own = snap("converged", "mx1")
+    eth0 = own.interfaces["eth0"]
+    addrs = [a.model_copy(update={"owned": False}) if a.address == "192.0.2.10/24" else a for a in eth0.addresses]
+    addrs.append(AddressObs(address="203.0.113.9/32", owned=False))
+    own = with_iface(own, "eth0", addresses=tuple(addrs))
+    p = plan(SPEC, "mx1", own, snap("converged", "mx2"))
+    assert [(a.kind, a.items) for a in p.actions] == [(Kind.ADOPT_ADDRESSES, ("192.0.2.10/24",))]
+
+
+def test_secondary_leaves_a_foreign_copy_alone_and_the_primary_waits_for_it():
+    peer = with_iface(snap("converged", "mx2"), "eth0", addresses=(AddressObs(address="192.0.2.10/24", owned=False),))
+    p2 = plan(SPEC, "mx2", peer, snap("converged", "mx1"))
+    assert p2.empty and any("192.0.2.10/24" in n and "by hand" in n for n in p2.notes)
+    own = snap("converged", "mx1")
+    own = with_iface(own, "eth0", addresses=tuple(a for a in own.interfaces["eth0"].addresses if a.address != "192.0.2.10/24"))
+    p1 = plan(SPEC, "mx1", own, peer)
+    assert p1.actions[0].waiting_on == ("peer mx2 still holds 192.0.2.10/24 on eth0",)
+
+
+def test_removing_a_subnet_primary_with_survivors_sets_promote_secondaries_first():
+    spec = spec_with(**{"    - 192.0.2.10/24 ": "    # removed "})
+    own = snap("converged", "mx1")
+    eth0 = own.interfaces["eth0"]
+    assert not eth0.promote_secondaries
+    first = eth0.addresses[0]
+    assert first.address == "192.0.2.10/24" and not first.secondary
+    p = plan(spec, "mx1", own, snap("converged", "mx2"))
+    assert kinds(p) == [Kind.SET_PROMOTE_SECONDARIES, Kind.REMOVE_ADDRESSES]
+    p = plan(spec, "mx1", with_iface(own, "eth0", promote_secondaries=True), snap("converged", "mx2"))
+    assert kinds(p) == [Kind.REMOVE_ADDRESSES]
+
+
+def test_demotion_removes_secondaries_before_primaries_and_never_needs_promote():
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    p = plan(spec, "mx1", snap("converged", "mx1"), snap("converged", "mx2"))
+    assert kinds(p)[:3] == [Kind.STOP_SERVICE, Kind.REMOVE_ADDRESSES, Kind.REMOVE_ADDRESSES]
+    v4 = [a for a in p.actions[1].items if ":" not in a]
+    assert len(v4) == 41 and v4[-1] == "192.0.2.10/24"  # the subnet's primary goes last
+    assert Kind.SET_PROMOTE_SECONDARIES not in kinds(p)
+    assert kinds(p)[-3:] == [Kind.UNMOUNT, Kind.DRBD_SECONDARY, Kind.PG_STOP]
+
+
+def test_promotion_waits_for_the_shutdown_checkpoint_with_the_exact_positions():
+    own = snap("mid-switchover", "mx2")
+    peer = snap("mid-switchover", "mx1")
+    pg = own.postgres.model_copy(update={"receive_lsn": "0/3039128", "replay_lsn": "0/3039128", "timeline": 1})
+    ppg = PostgresObs(running=False, cluster_state="shut down", checkpoint_lsn="0/3039128",
+                      checkpoint_end_lsn="0/30391A0", checkpoint_timeline=1, system_identifier=pg.system_identifier)
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    p = plan(spec, "mx2", own.model_copy(update={"postgres": pg}), peer.model_copy(update={"postgres": ppg}))
+    promote = next(a for a in p.actions if a.kind is Kind.PG_PROMOTE)
+    assert promote.waiting_on == ("standby has received 0/3039128, old primary's shutdown checkpoint ends at 0/30391A0",)
+    pg = pg.model_copy(update={"receive_lsn": "0/30391A0"})
+    p = plan(spec, "mx2", own.model_copy(update={"postgres": pg}), peer.model_copy(update={"postgres": ppg}))
+    assert not next(a for a in p.actions if a.kind is Kind.PG_PROMOTE).blocked
+
+
+def test_unreachable_peer_blocks_promotion_unless_fenced():
+    own = snap("mid-switchover", "mx2")
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    p = plan(spec, "mx2", own, None)
+    assert p.actions[0].blocked and "fenced: [mx1]" in p.actions[0].waiting_on[0]
+    fenced = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 ", "\nfenced: []": "\nfenced: [mx1]"})
+    p = plan(fenced, "mx2", own, None)
+    assert not any(a.blocked for a in p.actions)
+
+
+def _former_primary(checkpoint_end: str) -> PostgresObs:
+    return PostgresObs(running=False, cluster_state="shut down", checkpoint_lsn="0/3039128",
+                       checkpoint_end_lsn=checkpoint_end, checkpoint_timeline=1, rewind_possible=True)
+
+
+def _new_primary(switchpoint: str) -> PostgresObs:
+    return PostgresObs(running=True, in_recovery=False, timeline=2, control_timeline=2, current_lsn="0/4000000",
+                       history=(TimelineSwitch(parent=1, switchpoint=switchpoint),))
+
+
+def test_clean_former_primary_rejoins_without_rewind_when_switchpoint_matches():
+    own = snap("converged", "mx2").model_copy(update={"node": "mx1", "postgres": _former_primary("0/30391A0")})
+    peer = snap("converged", "mx1").model_copy(update={"node": "mx2", "postgres": _new_primary("0/30391A0")})
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    p = plan(spec, "mx1", own, peer)
+    assert kinds(p)[-1] is Kind.PG_START_STANDBY and not p.actions[-1].blocked
+
+
+def test_diverged_former_primary_is_rewound_only_when_declared_fenced():
+    own = snap("converged", "mx2").model_copy(update={"node": "mx1", "postgres": _former_primary("0/3100000")})
+    peer = snap("converged", "mx1").model_copy(update={"node": "mx2", "postgres": _new_primary("0/30391A0")})
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    a = plan(spec, "mx1", own, peer).actions[-1]
+    assert a.kind is Kind.PG_REWIND and a.blocked and "0/30391A0" in a.loses
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 ", "\nfenced: []": "\nfenced: [mx1]"})
+    a = plan(spec, "mx1", own, peer).actions[-1]
+    assert a.kind is Kind.PG_REWIND and not a.blocked
+
+
+def test_crashed_former_primary_is_recovered_never_started_as_a_standby():
+    crashed = PostgresObs(running=False, cluster_state="in production", checkpoint_lsn="0/3000028", checkpoint_timeline=1)
+    own = snap("converged", "mx2").model_copy(update={"node": "mx1", "postgres": crashed})
+    peer = snap("converged", "mx1").model_copy(update={"node": "mx2", "postgres": _new_primary("0/30391A0")})
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    assert kinds(plan(spec, "mx1", own, peer))[-1] is Kind.PG_CRASH_RECOVER
+
+
+def test_wrong_inputs_are_plan_errors():
+    with pytest.raises(PlanError):
+        plan(SPEC, "mx3", snap("converged", "mx1"), None)
+    with pytest.raises(PlanError):
+        plan(SPEC, "mx1", snap("converged", "mx2"), None)
+
+
+def test_every_action_kind_has_a_simulated_effect_and_a_title():
+    from reconciler.plan.render import _TITLE
+    from tests.sim import act
+
+    src = open(act.__file__).read()
+    for k in Kind:
+        assert f"Kind.{k.name}:" in src, f"the simulator does not model {k}"
+        assert k in _TITLE or k.name.endswith("ADDRESSES")

@@ -1,0 +1,53 @@
+"""The property tests can fail: each mutant removes one safety guard from the real planner,
+and the simulated cluster must find a safety violation for it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from reconciler.plan import drbd as plan_drbd
+from reconciler.plan import net as plan_net
+from reconciler.plan import postgres as plan_pg
+from reconciler.plan.actions import Guard
+from tests.test_sim_properties import Cluster
+
+MUTANT_SETTINGS = settings(max_examples=3000, stateful_step_count=40, deadline=None,
+                           suppress_health_check=list(HealthCheck), database=None,
+                           report_multiple_bugs=False)
+
+
+class SafetyOnly(Cluster):
+    """The same machine, without the liveness check: a mutant must break *safety*."""
+
+    def teardown(self) -> None:
+        pass
+
+
+def _no_pg_peer_guard(ctx, mine, own):
+    return []
+
+
+def _no_drbd_guards(ctx, r, o):
+    return (Guard("local_uptodate", o.disk == "UpToDate", "x"),)
+
+
+def _peer_always_free(ctx, items):
+    return Guard("peer_holds_none", True, "mutant")
+
+
+MUTANTS = {
+    "promotion without the peer check": (plan_pg, "_peer_position_guards", _no_pg_peer_guard),
+    "DRBD promotion without peer/connection guards": (plan_drbd, "_promote_guards", _no_drbd_guards),
+    "adding addresses the peer still holds": (plan_net, "_peer_free_guard", _peer_always_free),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_mutant_is_caught(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    module, attr, fake = MUTANTS[name]
+    monkeypatch.setattr(module, attr, fake)
+    with pytest.raises(AssertionError, match="safety violated"):
+        run_state_machine_as_test(SafetyOnly, settings=MUTANT_SETTINGS)
