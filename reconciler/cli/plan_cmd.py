@@ -1,0 +1,75 @@
+"""`reconciler plan`: load the spec and the observations, plan, render, exit 0/2/1.
+
+Offline with `--observed SNAPSHOT.json [--peer-observed SNAPSHOT.json]`; a missing peer
+snapshot means "peer unreachable", exactly as the agent sees an unanswered peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from reconciler.cli.main import EXIT_CHANGES, EXIT_OK, UserError, default_node
+from reconciler.model import NodeObservation
+from reconciler.plan import render
+from reconciler.plan.planner import PlanError, plan
+from reconciler.spec import LoadedSpec
+from reconciler.spec.load import SpecError, load_spec
+
+MAX_SNAPSHOT_BYTES = 64 << 20
+
+
+def load_snapshot(path: str) -> NodeObservation:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SNAPSHOT_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read snapshot: {e.strerror}") from None
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise UserError(f"{path}: snapshot larger than {MAX_SNAPSHOT_BYTES >> 20} MiB")
+    try:
+        return NodeObservation.model_validate_json(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ())) or "(file)"
+        raise UserError(f"{path}: {where}: {err.get('msg', 'invalid')}") from None
+
+
+def load_spec_or_fail(path: str) -> LoadedSpec:
+    try:
+        return load_spec(path)
+    except SpecError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    spec = load_spec_or_fail(args.file)
+    node = args.node or default_node()
+    if node not in spec.spec.nodes:
+        raise UserError(f"{args.file}: node {node!r} is not in nodes ({', '.join(spec.spec.nodes)}); use --node")
+    if args.observed is None:
+        from reconciler.observe.node import observe_node
+
+        own = observe_node(spec, node)
+        peer = _live_peer(spec, node) if args.peer_observed is None else load_snapshot(args.peer_observed)
+    else:
+        own = load_snapshot(args.observed)
+        peer = load_snapshot(args.peer_observed) if args.peer_observed else None
+    try:
+        p = plan(spec, node, own, peer)
+    except PlanError as e:
+        raise UserError(str(e)) from None
+    s = spec.spec
+    if args.json:
+        sys.stdout.write(render.to_json(p, s.cluster, s.primary, spec.digest, render.fingerprint(own, peer)))
+    else:
+        sys.stdout.write(render.human(p, s.cluster, s.primary, verbose=args.verbose))
+    return EXIT_OK if p.empty else EXIT_CHANGES
+
+
+def _live_peer(spec: LoadedSpec, node: str) -> NodeObservation | None:
+    from reconciler.agent.peering import fetch_peer_observation
+
+    return fetch_peer_observation(spec, node)
