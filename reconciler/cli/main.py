@@ -35,6 +35,22 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--peer-observed", metavar="SNAPSHOT.json", help="saved snapshot of the peer")
     pl.add_argument("--json", action="store_true", help="machine-readable, versioned output")
     pl.add_argument("--verbose", "-v", action="store_true", help="list every address")
+
+    ap = sub.add_parser("apply", help="one pass: plan, then act until converged, blocked or failed")
+    ap.add_argument("file")
+    ap.add_argument("--node", default=None)
+    ap.add_argument("--yes", "-y", action="store_true", help="do not ask on a terminal")
+    ap.add_argument("--log-format", choices=("text", "json"), default="text")
+
+    rn = sub.add_parser("run", help="the agent: keep reconciling as the file changes and reality drifts")
+    rn.add_argument("file")
+    rn.add_argument("--node", default=None)
+    rn.add_argument("--log-format", choices=("text", "json"), default="text")
+
+    st = sub.add_parser("status", help="this node's observed state (and its peer's reachability)")
+    st.add_argument("file", nargs="?", default="/etc/reconciler/cluster.yaml")
+    st.add_argument("--node", default=None)
+    st.add_argument("--json", action="store_true", help="the observation snapshot")
     return p
 
 
@@ -72,4 +88,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from reconciler.cli.plan_cmd import cmd_plan
 
         return cmd_plan(args)
+    if args.cmd in ("apply", "run", "status"):
+        from reconciler.cli import agent_cmds
+
+        return {"apply": agent_cmds.cmd_apply, "run": agent_cmds.cmd_run, "status": agent_cmds.cmd_status}[args.cmd](args)
     raise UserError(f"unknown command {args.cmd}")

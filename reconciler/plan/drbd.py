@@ -49,10 +49,13 @@ def _promote_guards(ctx: Ctx, r: DrbdResource, o: DrbdObs) -> tuple[Guard, ...]:
     if reach is not None:
         guards.append(reach)
     peer_obs = ctx.peer.drbd.get(r.name) if ctx.peer is not None else None
-    peer_primary = o.peer_role == "Primary" or (peer_obs is not None and peer_obs.role == "Primary")
-    guards.append(
-        Guard("peer_not_primary", not peer_primary, f"peer {ctx.peer_name} is still DRBD Primary on {r.name}")
-    )
+    if ctx.peer is not None and peer_obs is None:
+        guards.append(Guard("peer_not_primary", False, f"peer {ctx.peer_name} did not report the state of {r.name}"))
+    else:
+        peer_primary = o.peer_role == "Primary" or (peer_obs is not None and peer_obs.role == "Primary")
+        guards.append(
+            Guard("peer_not_primary", not peer_primary, f"peer {ctx.peer_name} is still DRBD Primary on {r.name}")
+        )
     if ctx.peer_name is not None and not ctx.peer_fenced:
         connected = o.configured and o.connection in CONNECTED
         guards.append(

@@ -39,6 +39,8 @@ def peer_ips(peer: NodeObservation | None) -> dict[str, str]:
 
 
 def _peer_free_guard(ctx: Ctx, items: tuple[str, ...]) -> Guard:
+    if ctx.peer is not None and not set(ctx.spec.addresses) <= set(ctx.peer.interfaces):
+        return Guard("peer_holds_none", False, f"peer {ctx.peer_name} did not report its addresses")
     held = peer_ips(ctx.peer)
     clash = [held[_ip(a)] for a in items if _ip(a) in held]
     if not clash:

@@ -58,7 +58,9 @@ def _peer_position_guards(ctx: Ctx, mine: pos.Position | None, own: PostgresObs)
         return [reach]
     peer_pg = ctx.peer.postgres if ctx.peer is not None else None
     p = ctx.peer_name
-    if peer_pg is None or peer_pg.data_dir_empty:
+    if peer_pg is None:
+        return [Guard("peer_position_known", False, f"peer {p} could not observe its PostgreSQL")]
+    if peer_pg.data_dir_empty:
         return []
     if pos.is_writable(peer_pg):
         return [Guard("peer_not_writable", False, f"peer {p} PostgreSQL is still a writable primary (timeline {peer_pg.timeline})")]

@@ -1,0 +1,1 @@
+"""The agent: one reconcile cycle (`cycle`), the long-running loop (`run`), peering."""

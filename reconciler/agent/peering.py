@@ -1,0 +1,52 @@
+"""Reading the peer agent's snapshot for the planner's guards.
+
+Any failure (no secret, refused, timeout, bad signature, stale) is "unreachable": the
+planner then waits on every guard that needs the peer, and never assumes it Secondary.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from reconciler.model import NodeObservation
+from reconciler.peer import fetch_peer, load_secret
+from reconciler.spec import LoadedSpec
+
+log = logging.getLogger("reconciler.peer")
+
+
+class PeerLink:
+    def __init__(self, spec: LoadedSpec, node: str, timeout: float = 1.0) -> None:
+        self.timeout = timeout
+        self.last_reason: str | None = None
+        self.update(spec, node)
+
+    def update(self, spec: LoadedSpec, node: str) -> None:
+        s = spec.spec
+        self.peer = s.peer_of(node)
+        self.host = s.nodes[self.peer].address if self.peer else None
+        self.port = s.agent.peer_port
+        self._secret_file = s.agent.peer_secret_file
+        self.secret: bytes | None = None
+
+    def fetch(self) -> NodeObservation | None:
+        if self.peer is None or self.host is None:
+            return None
+        if self.secret is None:
+            try:
+                self.secret = load_secret(self._secret_file)
+            except Exception as e:
+                self._note(f"peer secret: {e}")
+                return None
+        r = fetch_peer(self.host, self.port, self.secret, self.timeout, expect_node=self.peer)
+        self._note(r.reason)
+        return r.observation
+
+    def _note(self, reason: str | None) -> None:
+        if reason != self.last_reason and reason is not None:
+            log.warning("peer %s unreachable: %s", self.peer, reason)
+        self.last_reason = reason
+
+
+def fetch_peer_observation(spec: LoadedSpec, node: str) -> NodeObservation | None:
+    return PeerLink(spec, node).fetch()

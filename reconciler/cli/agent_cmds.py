@@ -1,0 +1,133 @@
+"""`apply` (one pass), `run` (the agent) and `status` (what this node and its peer look like)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reconciler.agent import logs
+from reconciler.agent.cycle import cycle
+from reconciler.agent.peering import PeerLink
+from reconciler.cli.main import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError, default_node
+from reconciler.cli.plan_cmd import load_spec_or_fail
+from reconciler.model import NodeObservation, lsn_to_int
+from reconciler.observe.node import observe_node
+from reconciler.plan import render
+from reconciler.plan.planner import plan
+
+MAX_APPLY_STEPS = 500
+
+
+def _node(args: argparse.Namespace, spec) -> str:
+    node = args.node or default_node()
+    if node not in spec.spec.nodes:
+        raise UserError(f"{args.file}: node {node!r} is not in nodes ({', '.join(spec.spec.nodes)}); use --node")
+    return node
+
+
+def _confirm() -> bool:
+    if not sys.stdin.isatty():
+        return True
+    answer = input("Apply these actions? Only 'yes' is accepted: ")
+    return answer.strip() == "yes"
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from reconciler.execute.dispatch import wait_for_announcements
+
+    spec = load_spec_or_fail(args.file)
+    node = _node(args, spec)
+    logs.setup(args.log_format)
+    link = PeerLink(spec, node)
+    observe = lambda sp, n: observe_node(sp, n, spec_digest=sp.digest)  # noqa: E731
+    first = plan(spec, node, observe(spec, node), link.fetch())
+    sys.stdout.write(render.human(first, spec.spec.cluster, spec.spec.primary))
+    if first.empty:
+        return EXIT_OK
+    if not args.yes and not _confirm():
+        print("Apply cancelled.")
+        return EXIT_CHANGES
+    for _ in range(MAX_APPLY_STEPS):
+        o = cycle(spec, node, observe, link.fetch)
+        if o.status == "converged":
+            wait_for_announcements()
+            print("Apply complete: this node matches the desired state.")
+            return EXIT_OK
+        if o.status == "waiting":
+            print(f"Stopped: {render.title(o.action)}: waiting: {'; '.join(o.action.waiting_on)}")
+            return EXIT_CHANGES
+        logs.action_line(node, o)
+        if o.status == "failed":
+            print(f"Failed: {render.title(o.action)}: {o.result.detail}")
+            return EXIT_ERROR
+    raise UserError(f"no convergence after {MAX_APPLY_STEPS} actions")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from reconciler.agent.run import Agent
+    from reconciler.spec.load import SpecError
+
+    logs.setup(args.log_format)
+    try:
+        agent = Agent(args.file, args.node or default_node())
+    except SpecError as e:
+        raise UserError(str(e)) from None
+    return agent.run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    spec = load_spec_or_fail(args.file)
+    node = _node(args, spec)
+    own = observe_node(spec, node, spec_digest=spec.digest)
+    if args.json:
+        sys.stdout.write(own.to_json() + "\n")
+        return EXIT_OK
+    peer = PeerLink(spec, node).fetch()
+    sys.stdout.write(status_text(spec, own, peer))
+    return EXIT_OK
+
+
+def _pg_line(pg, peer_pg) -> str:
+    if pg is None:
+        return "not observed"
+    if not pg.running:
+        return f"stopped ({pg.cluster_state or 'no data'})"
+    if not pg.in_recovery:
+        lag = ""
+        if peer_pg is not None and peer_pg.running and peer_pg.in_recovery and pg.current_lsn and peer_pg.receive_lsn:
+            lag = f", standby lag {max(0, lsn_to_int(pg.current_lsn) - lsn_to_int(peer_pg.receive_lsn)):,} bytes"
+        return f"primary, timeline {pg.timeline}, at {pg.current_lsn}{lag}"
+    wr = pg.wal_receiver
+    src = f"{wr.status} from {wr.sender_host}:{wr.sender_port}" if wr else "no walreceiver"
+    return f"standby, timeline {pg.timeline}, received {pg.receive_lsn}, replayed {pg.replay_lsn}, {src}"
+
+
+def status_text(spec, own: NodeObservation, peer: NodeObservation | None) -> str:
+    s = spec.spec
+    out = [f"{own.node}: cluster {s.cluster}, spec primary {s.primary}, spec {spec.digest[:12]}"]
+    if s.drbd:
+        out.append("DRBD  resource  connection     roles               disks                  mount")
+    for r in s.drbd:
+        d = own.drbd.get(r.name)
+        m = own.mounts.get(r.mount) if r.mount else None
+        if d is None or not d.configured:
+            out.append(f"      {r.name:<9} down")
+            continue
+        mount = f"{r.mount} ({m.fstype})" if m else "-"
+        sb = "  SPLIT BRAIN" if d.split_brain else ""
+        out.append(f"      {r.name:<9} {d.connection:<14} {d.role + '/' + d.peer_role:<19} {d.disk + '/' + d.peer_disk:<22} {mount}{sb}")
+    if s.postgres is not None:
+        out.append(f"PostgreSQL  {_pg_line(own.postgres, peer.postgres if peer else None)}")
+    for name, want in spec.addresses.items():
+        i = own.interfaces.get(name)
+        owned = {a.address for a in i.addresses if a.owned} if i else set()
+        foreign = len(i.addresses) - len(owned) if i else 0
+        out.append(f"Floating IPs  {name}: {len(owned & set(want))}/{len(want)} held here, {foreign} other addresses")
+    for svc in s.services:
+        st = own.services.get(svc.name)
+        out.append(f"Service  {svc.name}: {'active' if st and st.active else 'inactive'}")
+    p = s.peer_of(own.node)
+    if p:
+        out.append(f"Peer {p}: " + ("reachable" if peer else "unreachable"))
+    out += [f"! {e}" for e in own.errors]
+    return "\n".join(out) + "\n"
