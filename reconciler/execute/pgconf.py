@@ -1,0 +1,172 @@
+"""The one config file this tool owns in the data directory, its include line, the passfile.
+
+`reconciler.conf` is included *last* from postgresql.conf (`include_if_exists`), and the
+keys it owns are stripped from postgresql.auto.conf (read after postgresql.conf; written
+by ALTER SYSTEM, pg_basebackup -R, pg_rewind -R), so the owned file always wins.
+pg_basebackup and pg_rewind copy all of these files from the source: re-render after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+from reconciler.observe.pgparse import guc_key
+from reconciler.pgrun import OWNED_CONF, PASSFILE, STANDBY_SIGNAL, Owner
+from reconciler.spec.models import Postgres
+
+OWNED_KEYS = ("port", "primary_conninfo", "primary_slot_name", "recovery_target_timeline", "wal_log_hints")
+INCLUDE_LINE = f"include_if_exists = '{OWNED_CONF}'"
+SOURCE_CONNECT_TIMEOUT_S = 5
+
+
+def guc_quote(value: str) -> str:
+    """A postgresql.conf string literal: backslashes and single quotes escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def render_conninfo(params: dict[str, str]) -> str:
+    """libpq keyword/value conninfo; values quoted when they hold spaces, quotes or backslashes."""
+    out = []
+    for key, value in params.items():
+        if not value or any(c in value for c in " '\\\t\n"):
+            value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out.append(f"{key}={value}")
+    return " ".join(out)
+
+
+def source_conninfo(
+    cfg: Postgres, host: str, port: int, node: str, passfile: str | None, dbname: str | None = None
+) -> str:
+    """How this node connects to its source: replication user, application_name=<node>."""
+    params = {"host": host, "port": str(port), "user": cfg.replication_user, "application_name": node}
+    if dbname:
+        params["dbname"] = dbname
+    if passfile:
+        params["passfile"] = passfile
+    params["connect_timeout"] = str(SOURCE_CONNECT_TIMEOUT_S)
+    return render_conninfo(params)
+
+
+def render_owned_conf(cfg: Postgres, conninfo: str) -> str:
+    """The whole owned file; `conninfo` is '' on a primary or an idle standby."""
+    return (
+        "# Written by reconciler; every change here is overwritten.\n"
+        f"port = {cfg.port}\n"
+        f"primary_conninfo = {guc_quote(conninfo)}\n"
+        "primary_slot_name = ''\n"
+        "recovery_target_timeline = 'latest'\n"
+        "wal_log_hints = on  # pg_rewind needs it (or data checksums)\n"
+    )
+
+
+def read_password(cfg: Postgres) -> str | None:
+    """The replication password from `cfg.password_file` (first line), or None."""
+    if cfg.password_file is None:
+        return None
+    with open(cfg.password_file) as f:
+        return f.readline().rstrip("\r\n") or None
+
+
+def render_passfile(user: str, password: str) -> str:
+    def esc(s: str) -> str:
+        return s.replace("\\", "\\\\").replace(":", "\\:")
+
+    return f"*:*:*:{esc(user)}:{esc(password)}\n"
+
+
+def atomic_write(path: str, text: str, owner: Owner, mode: int = 0o600) -> bool:
+    """Write `text` to `path` via tmp + fsync + rename, owned by `owner`; False if unchanged."""
+    with contextlib.suppress(FileNotFoundError), open(path) as f:
+        if f.read() == text:
+            return False
+    tmp = f"{path}.reconciler-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchown(fd, owner.uid, owner.gid)
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+    return True
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_include(data_dir: str, owner: Owner) -> bool:
+    """postgresql.conf ends with the include of the owned file (moved there if elsewhere)."""
+    path = os.path.join(data_dir, "postgresql.conf")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    meaningful = [ln.strip() for ln in lines if guc_key(ln) is not None]
+    if meaningful and meaningful[-1] == INCLUDE_LINE:
+        return False
+    kept = [ln for ln in lines if ln.strip() != INCLUDE_LINE]
+    text = "\n".join(kept + ["# Added by reconciler: must stay the last setting.", INCLUDE_LINE]) + "\n"
+    return atomic_write(path, text, owner, os.stat(path).st_mode & 0o777)
+
+
+def sanitize_auto_conf(data_dir: str, owner: Owner) -> bool:
+    """Drop owned keys from postgresql.auto.conf so that it cannot override the owned file."""
+    path = os.path.join(data_dir, "postgresql.auto.conf")
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return False
+    kept = [ln for ln in lines if guc_key(ln) not in OWNED_KEYS]
+    if kept == lines:
+        return False
+    return atomic_write(path, "\n".join(kept) + "\n", owner, os.stat(path).st_mode & 0o777)
+
+
+def write_config(cfg: Postgres, owner: Owner, source: tuple[str, int] | None, node: str) -> None:
+    """Passfile, owned file (conninfo to `source`, or none), include line, sanitized auto.conf."""
+    d = cfg.data_dir
+    passfile = None
+    password = read_password(cfg)
+    if password is not None:
+        passfile = os.path.join(d, PASSFILE)
+        atomic_write(passfile, render_passfile(cfg.replication_user, password), owner)
+    conninfo = source_conninfo(cfg, source[0], source[1], node, passfile) if source else ""
+    atomic_write(os.path.join(d, OWNED_CONF), render_owned_conf(cfg, conninfo), owner)
+    ensure_include(d, owner)
+    sanitize_auto_conf(d, owner)
+
+
+def write_standby_signal(data_dir: str, owner: Owner) -> None:
+    atomic_write(os.path.join(data_dir, STANDBY_SIGNAL), "", owner)
+
+
+def remove_standby_signal(data_dir: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(data_dir, STANDBY_SIGNAL))
+        _fsync_dir(data_dir)
+
+
+@contextlib.contextmanager
+def temp_passfile(cfg: Postgres, owner: Owner) -> Iterator[str | None]:
+    """A passfile only `owner` can read, for one pg_basebackup / pg_rewind run; then removed."""
+    password = read_password(cfg)
+    if password is None:
+        yield None
+        return
+    fd, path = tempfile.mkstemp(prefix="reconciler-", suffix=".pgpass")
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchown(f.fileno(), owner.uid, owner.gid)
+            f.write(render_passfile(cfg.replication_user, password))
+        yield path
+    finally:
+        os.unlink(path)
