@@ -161,7 +161,10 @@ def connect(
     pm = postmaster(cfg.data_dir)
     if pm is None:
         raise PostgresError(f"PostgreSQL is not running in {cfg.data_dir}")
-    host = host or pm.socket_dir or "localhost"
+    sock = pm.socket_dir
+    if sock and not os.path.isabs(sock):  # relative to the data directory, as the postmaster sees it
+        sock = os.path.join(cfg.data_dir, sock)
+    host = host or sock or "localhost"
     port = pm.port or cfg.port
     user = data_owner(cfg.data_dir).name
     kwargs: dict[str, object] = {}

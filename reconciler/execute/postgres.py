@@ -137,9 +137,19 @@ def clone(cfg: Postgres, source_host: str, source_port: int, node: str) -> str:
         conninfo = pgconf.source_conninfo(cfg, source_host, source_port, node, passfile)
         argv = [pg_bin(cfg, "pg_basebackup"), "-D", d, "-d", conninfo, "-X", "stream", "-c", "fast", "-w"]
         out = _output(run_as_owner(owner, argv, COPY_TIMEOUT_S))
+    _drop_copied_socket_locks(d)
     pgconf.write_standby_signal(d, owner)
     pgconf.write_config(cfg, owner, (source_host, source_port), node)
     return out
+
+
+def _drop_copied_socket_locks(data_dir: str) -> None:
+    """pg_basebackup and pg_rewind copy a socket's lock file when the source keeps its unix
+    socket in the data directory; a copied lock names the *source's* postmaster and would
+    stop this one from starting."""
+    for name in os.listdir(data_dir):
+        if name.startswith(".s.PGSQL.") and name.endswith(".lock"):
+            os.unlink(os.path.join(data_dir, name))
 
 
 def rewind(cfg: Postgres, source_host: str, source_port: int, node: str) -> str:
@@ -155,6 +165,7 @@ def rewind(cfg: Postgres, source_host: str, source_port: int, node: str) -> str:
         conninfo = pgconf.source_conninfo(cfg, source_host, source_port, node, passfile, dbname="postgres")
         argv = [pg_bin(cfg, "pg_rewind"), "-D", cfg.data_dir, f"--source-server={conninfo}"]
         out = _output(run_as_owner(owner, argv, COPY_TIMEOUT_S))
+    _drop_copied_socket_locks(cfg.data_dir)
     pgconf.write_standby_signal(cfg.data_dir, owner)
     pgconf.write_config(cfg, owner, (source_host, source_port), node)
     return out

@@ -87,7 +87,8 @@ def _check_range(b: Block, entry: str) -> None:
     if b.start > b.end:
         raise AddressError(f"{entry!r}: range start is after its end")
     host_bits = _BITS[b.version] - b.prefix
-    if b.start >> host_bits != b.end >> host_bits:
+    # A host-length prefix (/32, /128) makes every address its own network: any range is fine.
+    if host_bits and b.start >> host_bits != b.end >> host_bits:
         net_a, net_b = _net(b.version, b.start, b.prefix), _net(b.version, b.end, b.prefix)
         raise AddressError(f"{entry!r}: range ends are in different /{b.prefix} networks ({net_a} and {net_b})")
     if b.count > MAX_RANGE:
