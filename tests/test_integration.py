@@ -85,7 +85,7 @@ class Writer:
 
 
 def rows_on(c: TwoNode, node: str) -> set[int]:
-    r = in_ns(c.ns[node], "runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/psql", "-h", c.pgdata(node),
+    r = in_ns(c.ns[node], "runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/psql", "-h", os.path.join(c.root, node, "sock"),
               "-X", "-At", "-d", "postgres", "-c", "SELECT id FROM writes")
     return {int(x) for x in r.stdout.split()}
 
@@ -121,3 +121,106 @@ def test_planned_switchover_loses_nothing_and_switches_back_20_times(cluster):
     outages.sort()
     print(f"\nwrite outage over {len(outages)} switchovers: median {outages[len(outages) // 2]:.3f}s, "
           f"min {outages[0]:.3f}s, max {outages[-1]:.3f}s; {len(acks)} acknowledged writes, none lost")
+
+
+def test_drift_is_healed_and_foreign_addresses_left_alone(cluster):
+    c = cluster
+    c.wait_converged(120)
+    ns = c.ns["mx1"]
+    in_ns(ns, "ip", "addr", "del", "10.101.0.2/32", "dev", "eth0")
+    in_ns(ns, "ip", "addr", "add", "192.168.55.5/32", "dev", "eth0")
+    wait_for(lambda: holds(c, "mx1", "10.101.0.2"), 30, "the deleted floating address to come back")
+    c.wait_converged(30)
+    assert holds(c, "mx1", "192.168.55.5"), "a foreign address was removed"
+    obs = c.status_json("mx1")["interfaces"]["eth0"]["addresses"]
+    owned = {a["address"] for a in obs if a["owned"]}
+    assert "10.101.0.2/32" in owned and "192.168.55.5/32" not in owned
+
+
+def test_two_thousand_floating_ips_move_in_one_switchover():
+    need_netns()
+    need_postgres()
+    c = TwoNode(n_ips=2000)
+    try:
+        c.build("mx1")
+        for n in NODES:
+            c.start_agent(n)
+        c.wait_converged(180)
+        t0 = time.monotonic()
+        c.set_primary("mx2")
+
+        def moved() -> bool:
+            r = in_ns(c.ns["mx2"], "ip", "-o", "-4", "addr", "show", "dev", "eth0")
+            return r.stdout.count("\n") >= 2001
+        wait_for(moved, 120, "2,000 addresses on mx2")
+        t_moved = time.monotonic() - t0
+        c.wait_converged(120)
+        r = in_ns(c.ns["mx1"], "ip", "-o", "-4", "addr", "show", "dev", "eth0")
+        assert r.stdout.count("\n") == 1, "mx1 still holds floating addresses"
+        print(f"\n2,000 floating IPs moved mx1 -> mx2: all present on mx2 {t_moved:.2f}s after the edit; "
+              f"both converged {time.monotonic() - t0:.2f}s after it")
+    finally:
+        c.close()
+
+
+def power_off(c: TwoNode, node: str) -> None:
+    """What a dead machine looks like to the rest: agent, PostgreSQL and service gone
+    (SIGKILL), its link down and its addresses gone."""
+    import signal as sig
+
+    from reconciler.pgrun import postmaster
+
+    c.stop_agent(node, sig.SIGKILL)
+    pm = postmaster(c.pgdata(node))
+    if pm is not None:
+        os.kill(pm.pid, sig.SIGKILL)
+        wait_for(lambda: postmaster(c.pgdata(node)) is None, 30, f"{node} postmaster gone")
+    c._kill_pidfile(os.path.join(c.root, node, "app.pid"))
+    for a in in_ns(c.ns[node], "ip", "-o", "addr", "show", "dev", "eth0").stdout.split("\n"):
+        parts = a.split()
+        if len(parts) > 3 and parts[2] == "inet" and not parts[3].startswith(NODES[node]):
+            in_ns(c.ns[node], "ip", "addr", "del", parts[3], "dev", "eth0")
+    in_ns(c.ns[node], "ip", "link", "set", "eth0", "down")
+
+
+def bridge_port(c: TwoNode, index: int, up: bool) -> None:
+    in_ns(c.ns["sw"], "ip", "link", "set", f"{c.prefix}b{index}"[:15], "up" if up else "down")
+
+
+def test_killed_primary_waits_for_fencing_then_rejoins_rewound(cluster):
+    c = cluster
+    c.wait_converged(120)
+    w = Writer(c)
+    w.wait_acks(20)
+    bridge_port(c, 1, up=False)  # mx2 cut off: mx1 goes on committing what mx2 never receives
+    w.wait_acks(50)
+    power_off(c, "mx1")
+    acked_by_old_primary = {i for i, _ in w.acks()}  # some of these never reached mx2: lost by fencing
+    bridge_port(c, 1, up=True)
+    c.set_primary("mx2")
+    time.sleep(4)
+    st = c.status_json("mx2")
+    assert st["postgres"]["in_recovery"] is True and not holds(c, "mx2", VIP), "promoted without fencing"
+    r = c.plan("mx2")
+    assert r.returncode == 2 and "fenced: [mx1]" in r.stdout
+    c.set_primary("mx2", fenced=("mx1",))
+    wait_for(lambda: holds(c, "mx2", VIP) and c.status_json("mx2")["postgres"]["in_recovery"] is False, 60,
+             "mx2 promoted after fencing")
+    w.wait_acks(20)
+    in_ns(c.ns["mx1"], "ip", "link", "set", "eth0", "up")
+    c.start_agent("mx1")
+    seen_writable = []
+
+    def rejoined() -> bool:
+        pg = c.status_json("mx1")["postgres"]
+        if pg["running"] and pg["in_recovery"] is False:
+            seen_writable.append(pg)
+        return pg["running"] and pg["in_recovery"] and (pg.get("wal_receiver") or {}).get("status") == "streaming"
+    wait_for(rejoined, 90, "mx1 rejoined as a streaming standby of mx2", every=0.1)
+    assert not seen_writable, "the returning old primary accepted writes"
+    acks = w.stop()
+    assert "pg_rewind" in c.agent_log("mx1")
+    on_mx2 = rows_on(c, "mx2")
+    after = [i for i, _ in acks if i not in acked_by_old_primary]
+    assert after and all(i in on_mx2 for i in after), "writes acknowledged by the new primary were lost"
+    wait_for(lambda: rows_on(c, "mx1") >= set(after), 30, "mx1 replicated the new primary's rows")

@@ -31,6 +31,8 @@ from tests.conftest import PG_BIN
 NODES = {"mx1": "10.77.0.1", "mx2": "10.77.0.2"}
 CLIENT_ADDR = "10.77.0.100"
 VIP = "10.77.100.1"
+# Both nodes share one filesystem here, so data_dir, socket_dir and the service pidfile
+# differ per node ({node} in the spec text); on real machines the spec is identical.
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SVC = os.path.join(ROOT_DIR, "tests", "helpers", "svc_daemon.py")
 PY = sys.executable
@@ -45,7 +47,6 @@ host   postgres     app         10.77.0.0/16  trust
 IDENT = "reconciler  root      postgres\nreconciler  postgres  postgres\n"
 BASE_CONF = """
 listen_addresses = '*'
-unix_socket_directories = '.'
 wal_keep_size = '256MB'
 wal_retrieve_retry_interval = '200ms'
 wal_receiver_status_interval = '1s'
@@ -130,8 +131,9 @@ class TwoNode:
         for n in NODES:
             d = os.path.join(self.root, n)
             os.mkdir(d, 0o755)
-            os.mkdir(os.path.join(d, "pgdata"), 0o700)
-            os.chown(os.path.join(d, "pgdata"), pw.pw_uid, pw.pw_gid)
+            for sub in ("pgdata", "sock"):
+                os.mkdir(os.path.join(d, sub), 0o700)
+                os.chown(os.path.join(d, sub), pw.pw_uid, pw.pw_gid)
 
     def pgdata(self, node: str) -> str:
         return os.path.join(self.root, node, "pgdata")
@@ -147,7 +149,8 @@ class TwoNode:
             with open(os.path.join(d, fname), "w") as f:
                 f.write(text)
         ctl = [f"{PG_BIN}/pg_ctl", "-D", d, "-w", "-t", "60"]
-        run_as_owner(owner, ctl + ["-o", "-c listen_addresses=''", "-l", os.path.join(d, "setup.log"), "start"], 90)
+        opts = f"-c listen_addresses='' -c unix_socket_directories='{d}'"
+        run_as_owner(owner, ctl + ["-o", opts, "-l", os.path.join(d, "setup.log"), "start"], 90)
         try:
             for stmt in SETUP_SQL:
                 run_as_owner(owner, [f"{PG_BIN}/psql", "-h", d, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres",
@@ -179,6 +182,7 @@ floating_ips:
 {chr(10).join(ips)}
 postgres:
   data_dir: {self.root}/{{node}}/pgdata
+  socket_dir: {self.root}/{{node}}/sock
   bin_dir: {PG_BIN}
   port: 5432
   replication_user: replicator

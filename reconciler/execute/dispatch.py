@@ -128,6 +128,16 @@ def _table(spec: LoadedSpec, a: Action) -> dict[Kind, Callable[[], object]]:
     }
 
 
+def one_line(msg: str, limit: int = 600) -> str:
+    """A tool's output as one line: its first line, then the last line that names an error."""
+    parts = [p.strip() for p in msg.replace(" | ", "\n").splitlines() if p.strip()]
+    if not parts:
+        return ""
+    errs = [p for p in parts[1:] if any(k in p for k in ("error", "ERROR", "FATAL", "failed", "Failure"))]
+    text = parts[0] + (" ... " + errs[-1] if errs else "")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run_action(spec: LoadedSpec, a: Action) -> Result:
     """Execute `a`; any failure becomes Result(ok=False) with a one-line reason."""
     if a.blocked:
@@ -137,7 +147,7 @@ def run_action(spec: LoadedSpec, a: Action) -> Result:
     except ActionFailed as e:
         return Result(False, str(e))
     except Exception as e:  # a driver error is reported, never raised into the loop
-        return Result(False, f"{type(e).__name__}: {e}".splitlines()[0][:500])
+        return Result(False, one_line(f"{type(e).__name__}: {e}"))
     return Result(True, str(out).splitlines()[0][:300] if out else "")
 
 

@@ -17,7 +17,8 @@ from reconciler.observe.pgparse import guc_key
 from reconciler.pgrun import OWNED_CONF, PASSFILE, STANDBY_SIGNAL, Owner
 from reconciler.spec.models import Postgres
 
-OWNED_KEYS = ("port", "primary_conninfo", "primary_slot_name", "recovery_target_timeline", "wal_log_hints")
+OWNED_KEYS = ("port", "primary_conninfo", "primary_slot_name", "recovery_target_timeline", "wal_log_hints",
+              "unix_socket_directories")
 INCLUDE_LINE = f"include_if_exists = '{OWNED_CONF}'"
 SOURCE_CONNECT_TIMEOUT_S = 5
 
@@ -59,6 +60,7 @@ def render_owned_conf(cfg: Postgres, conninfo: str) -> str:
         "primary_slot_name = ''\n"
         "recovery_target_timeline = 'latest'\n"
         "wal_log_hints = on  # pg_rewind needs it (or data checksums)\n"
+        + (f"unix_socket_directories = {guc_quote(cfg.socket_dir)}\n" if cfg.socket_dir else "")
     )
 
 

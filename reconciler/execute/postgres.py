@@ -143,12 +143,13 @@ def clone(cfg: Postgres, source_host: str, source_port: int, node: str) -> str:
     return out
 
 
-def _drop_copied_socket_locks(data_dir: str) -> None:
+def _drop_copied_socket_locks(data_dir: str, sockets_too: bool = False) -> None:
     """pg_basebackup and pg_rewind copy a socket's lock file when the source keeps its unix
     socket in the data directory; a copied lock names the *source's* postmaster and would
-    stop this one from starting."""
+    stop this one from starting.  Before pg_rewind of a stopped (crashed) target, its own
+    stale sockets go too: pg_rewind cannot open a socket file."""
     for name in os.listdir(data_dir):
-        if name.startswith(".s.PGSQL.") and name.endswith(".lock"):
+        if name.startswith(".s.PGSQL.") and (sockets_too or name.endswith(".lock")):
             os.unlink(os.path.join(data_dir, name))
 
 
@@ -161,6 +162,7 @@ def rewind(cfg: Postgres, source_host: str, source_port: int, node: str) -> str:
     checkpointed since its promotion (planner guard), or pg_rewind wrongly sees no fork.
     """
     owner = _stopped_owner(cfg, "pg_rewind")
+    _drop_copied_socket_locks(cfg.data_dir, sockets_too=True)  # stale after a crash; pg_rewind trips on them
     with pgconf.temp_passfile(cfg, owner) as passfile:
         conninfo = pgconf.source_conninfo(cfg, source_host, source_port, node, passfile, dbname="postgres")
         argv = [pg_bin(cfg, "pg_rewind"), "-D", cfg.data_dir, f"--source-server={conninfo}"]

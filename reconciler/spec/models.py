@@ -132,6 +132,11 @@ class Postgres(_Strict):
     port: int = Field(default=5432, ge=1, le=65535)
     replication_user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] = "replicator"
     password_file: AbsPath | None = None
+    socket_dir: AbsPath | None = Field(
+        default=None,
+        description="unix_socket_directories for this server, written to the config file reconciler owns "
+        "(default: whatever postgresql.conf says)",
+    )
     replication_source: str = Field(
         default="primary",
         description="'primary' (the spec's primary node), a node name, or an external host:port",
