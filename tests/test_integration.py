@@ -224,3 +224,53 @@ def test_killed_primary_waits_for_fencing_then_rejoins_rewound(cluster):
     after = [i for i, _ in acks if i not in acked_by_old_primary]
     assert after and all(i in on_mx2 for i in after), "writes acknowledged by the new primary were lost"
     wait_for(lambda: rows_on(c, "mx1") >= set(after), 30, "mx1 replicated the new primary's rows")
+
+
+def test_agents_killed_at_every_action_boundary_still_converge_without_loss(cluster):
+    """Each time either agent logs a finished action, it is SIGKILLed and started again."""
+    import signal as sig
+    import threading
+
+    c = cluster
+    c.wait_converged(120)
+    w = Writer(c)
+    kills: list[str] = []
+    stop = threading.Event()
+
+    def finished(n: str) -> int:
+        log = c.agent_log(n)
+        return log.count(": ok in ") + log.count(": failed in ")
+
+    def killer() -> None:
+        seen = {n: finished(n) for n in NODES}
+        while not stop.is_set():
+            for n in NODES:
+                done = finished(n)
+                if done > seen[n]:
+                    c.stop_agent(n, sig.SIGKILL)
+                    kills.append(n)
+                    seen[n] = finished(n)
+                    c.start_agent(n)
+            time.sleep(0.005)
+
+    try:
+        for to in ("mx2", "mx1"):
+            w.wait_acks(20)
+            t = threading.Thread(target=killer)
+            t.start()
+            try:
+                c.set_primary(to)
+                wait_for(lambda: c.converged("mx1") and c.converged("mx2"), 120, "convergence under kills", every=0.5)
+            finally:
+                stop.set()
+                t.join()
+                stop.clear()
+            c.wait_converged(60)
+            assert_primary(c, to)
+            w.wait_acks(20)
+    finally:
+        acks = w.stop()
+    present = rows_on(c, "mx1")
+    lost = [i for i, _ in acks if i not in present]
+    assert len(kills) >= 10 and not lost, f"kills={len(kills)}, lost={lost[:10]}"
+    print(f"\n{len(kills)} agent kills at action boundaries over 2 switchovers; {len(acks)} writes, none lost")
