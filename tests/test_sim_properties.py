@@ -36,10 +36,10 @@ LIVENESS_ROUNDS = 40
 
 
 class Cluster(RuleBasedStateMachine):
-    @initialize(fresh=st.booleans(), base=st.booleans(), drbd=st.booleans())
-    def start(self, fresh: bool, base: bool, drbd: bool) -> None:
-        self.flags = {"drbd": drbd}
-        self.c = SimCluster([make_spec("mx1", drbd=drbd)], fresh=fresh)
+    @initialize(fresh=st.booleans(), base=st.booleans(), drbd=st.booleans(), pg=st.sampled_from((True, True, False)))
+    def start(self, fresh: bool, base: bool, drbd: bool, pg: bool) -> None:
+        self.flags = {"drbd": drbd, "postgres": pg}
+        self.c = SimCluster([make_spec("mx1", drbd=drbd, postgres=pg)], fresh=fresh)
         self.fenced: tuple[str, ...] = ()
         if base:  # mx2's own address shares the floating /24: VIPs there are secondaries
             self.c.world.nodes["mx2"].ifaces["eth0"].addresses.append(Addr("10.9.0.2/24", False))
@@ -73,7 +73,7 @@ class Cluster(RuleBasedStateMachine):
         if primary in self.fenced:
             primary = next(n for n in NODES if n not in self.fenced)
         ips_t = tuple(sorted(ips)) if ips else ("10.9.0.10/24",)
-        self.c.specs.append(make_spec(primary, fenced=self.fenced, ips=ips_t, drbd=self.flags["drbd"]))
+        self.c.specs.append(make_spec(primary, fenced=self.fenced, ips=ips_t, **self.flags))
         for n in NODES if reach == "both" else (reach,):
             self.c.world.nodes[n].spec_version = len(self.c.specs) - 1
 
@@ -89,7 +89,7 @@ class Cluster(RuleBasedStateMachine):
         self.fenced = (node,)
         self.c.world.fenced_ever = True
         other = next(n for n in NODES if n != node)
-        self.c.specs.append(make_spec(other, fenced=self.fenced, drbd=self.flags["drbd"]))
+        self.c.specs.append(make_spec(other, fenced=self.fenced, **self.flags))
         for n in NODES:
             self.c.world.nodes[n].spec_version = len(self.c.specs) - 1
 
@@ -164,7 +164,8 @@ def assert_matches_spec(c: SimCluster) -> None:
         held = {a.address for i in node.ifaces.values() for a in i.addresses if a.owned}
         if name == primary:
             assert held == set(spec.all_addresses), (name, held)
-            assert node.pg.running and not node.pg.standby, f"{name} PostgreSQL is not the writable primary"
+            if spec.spec.postgres is not None:
+                assert node.pg.running and not node.pg.standby, f"{name} PostgreSQL is not the writable primary"
             assert all(d.role == "Primary" for d in node.drbd.values() if d.configured)
             assert all(node.services.values())
         else:
