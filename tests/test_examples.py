@@ -71,3 +71,13 @@ def test_bad_snapshot_is_one_line_and_exit_1(tmp_path):
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = run("plan", SPEC, "--node", "mx9", "--observed", str(bad))
     assert r.returncode == 1 and "mx9" in r.stderr
+
+
+def test_validate_takes_several_files_as_pre_commit_passes_them(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster: x\nnodes: {}\n")
+    r = run("validate", SPEC, os.path.join(ROOT, "specs", "demo.yaml"))
+    assert r.returncode == 0 and r.stdout.count("valid (") == 2
+    r = run("validate", SPEC, str(bad))
+    assert r.returncode == 1 and "valid (" in r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(str(bad))

@@ -312,7 +312,7 @@ def test_cli_validate_unexpected_exception_is_one_line(tmp_path: Path, monkeypat
         raise KeyError("unexpected\nbug")
 
     monkeypatch.setattr(load, "load_spec", boom)
-    rc = spec_cmds.cmd_validate(argparse.Namespace(file="x.yaml"))
+    rc = spec_cmds.cmd_validate(argparse.Namespace(files=["x.yaml"]))
     out = capsys.readouterr()
     assert rc == 1
     assert out.err.count("\n") == 1 and out.err.startswith("x.yaml:1:1: ")

@@ -23,8 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reconciler", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    v = sub.add_parser("validate", help="check a desired-state file; exit 0 when valid")
-    v.add_argument("file")
+    v = sub.add_parser("validate", help="check desired-state files; exit 0 when all are valid")
+    v.add_argument("files", nargs="+", metavar="FILE")
 
     sub.add_parser("schema", help="print the JSON Schema of the desired-state file")
 
@@ -51,6 +51,31 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("file", nargs="?", default="/etc/reconciler/cluster.yaml")
     st.add_argument("--node", default=None)
     st.add_argument("--json", action="store_true", help="the observation snapshot")
+
+    # The operator's verbs, import and completion (reconciler.cli.ops_cmds, .completion).
+    for name, text in (("promote", "make NODE the primary: edit `primary:` in FILE in place"),
+                       ("demote", "no primary: set `primary: none` in FILE (everything Secondary)"),
+                       ("maintenance", "on: `primary: none`, remembering the primary; off: restore it")):
+        op = sub.add_parser(name, help=text)
+        if name == "promote":
+            op.add_argument("node")
+        if name == "maintenance":
+            op.add_argument("state", choices=("on", "off"))
+            op.add_argument("--primary", metavar="NODE", help="with off: the node to promote instead")
+        op.add_argument("file")
+        op.add_argument("--commit", action="store_true", help="git commit FILE with a message naming the change")
+        op.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
+    im = sub.add_parser("import", help="write a starting spec from /etc/hvmail_primary_ips and drbd.conf")
+    im.add_argument("--primary-ips", required=True, metavar="FILE", help="e.g. /etc/hvmail_primary_ips")
+    im.add_argument("--drbd-conf", metavar="FILE", help="e.g. /etc/drbd.conf (includes are followed)")
+    im.add_argument("--node-names", metavar="NAME[=IP],...", help="rename drbd.conf's hosts, in order")
+    im.add_argument("--interface", default="eth0", help="interface of the floating addresses (default eth0)")
+    im.add_argument("--cluster", default="mail", help="cluster name (default mail)")
+    im.add_argument("--primary", metavar="NODE", help="the node that is Primary now (default: none)")
+    im.add_argument("--mount", action="append", metavar="RES=PATH", help="mount point of a DRBD resource")
+    im.add_argument("-o", "--output", metavar="FILE", help="write here (never overwritten) instead of stdout")
+    cp = sub.add_parser("completion", help="print a shell completion script")
+    cp.add_argument("shell", choices=("bash", "zsh"))
     return p
 
 
@@ -92,4 +117,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from reconciler.cli import agent_cmds
 
         return {"apply": agent_cmds.cmd_apply, "run": agent_cmds.cmd_run, "status": agent_cmds.cmd_status}[args.cmd](args)
+    if args.cmd in ("promote", "demote", "maintenance", "import"):
+        from reconciler.cli import ops_cmds
+
+        return {"promote": ops_cmds.cmd_promote, "demote": ops_cmds.cmd_demote,
+                "maintenance": ops_cmds.cmd_maintenance, "import": ops_cmds.cmd_import}[args.cmd](args)
+    if args.cmd == "completion":
+        from reconciler.cli.completion import cmd_completion
+
+        return cmd_completion(args, _parser())
     raise UserError(f"unknown command {args.cmd}")

@@ -32,19 +32,24 @@ def summary(loaded: LoadedSpec) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Each file: one line on stdout when valid, one line on stderr when not; exit 1 if any is not."""
+    return max(_validate_one(path) for path in args.files)
+
+
+def _validate_one(path: str) -> int:
     from reconciler.spec.load import SpecError, load_spec
 
     try:
-        loaded = load_spec(args.file)
+        loaded = load_spec(path)
     except SpecError as e:
         print(str(e), file=sys.stderr)
         return 1
     except RecursionError:
-        print(f"{args.file}:1:1: (file): nested too deeply", file=sys.stderr)
+        print(f"{path}:1:1: (file): nested too deeply", file=sys.stderr)
         return 1
     except Exception as e:  # a bug or an environment problem: still one line, no traceback
         reason = " ".join(f"{type(e).__name__}: {e}".split())
-        print(f"{args.file}:1:1: (file): internal error while loading: {reason}", file=sys.stderr)
+        print(f"{path}:1:1: (file): internal error while loading: {reason}", file=sys.stderr)
         return 1
     print(summary(loaded))
     return 0
