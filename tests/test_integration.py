@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import need_netns, need_postgres
-from tests.twonode import CLIENT_ADDR, NODES, PY, ROOT_DIR, VIP, TwoNode, in_ns, wait_for
+from tests.twonode import CLIENT_ADDR, NODES, PY, ROOT_DIR, VIP, WRITER, TwoNode, in_ns, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ class Writer:
         self.c = c
         self.out = os.path.join(c.root, f"writes-{time.monotonic_ns()}.log")
         self.stop_file = self.out + ".stop"
-        self.p = subprocess.Popen(["ip", "netns", "exec", c.ns["cl"], PY, os.path.join(ROOT_DIR, "tests", "helpers", "writer.py"),
+        self.p = subprocess.Popen(["ip", "netns", "exec", c.ns["cl"], PY, WRITER,
                                    VIP, self.out, self.stop_file], cwd=ROOT_DIR, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -26,15 +27,17 @@ from collections.abc import Callable
 from typing import Any
 
 from reconciler.pgrun import data_owner, postmaster, run_as_owner
-from tests.conftest import PG_BIN
+
+PG_BIN = os.environ.get("RECONCILER_PG_BIN", "/usr/lib/postgresql/15/bin")
 
 NODES = {"mx1": "10.77.0.1", "mx2": "10.77.0.2"}
 CLIENT_ADDR = "10.77.0.100"
 VIP = "10.77.100.1"
 # Both nodes share one filesystem here, so data_dir, socket_dir and the service pidfile
 # differ per node ({node} in the spec text); on real machines the spec is identical.
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SVC = os.path.join(ROOT_DIR, "tests", "helpers", "svc_daemon.py")
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SVC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "svc_daemon.py")
+WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "writer.py")
 PY = sys.executable
 
 HBA = """\
@@ -84,11 +87,18 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 
 
 
 class TwoNode:
-    def __init__(self, n_ips: int = 4) -> None:
+    def __init__(self, n_ips: int = 4, root: str | None = None, template: str | None = None) -> None:
+        """`root`: a fixed directory (created here, must not exist); `template`: the spec text
+        to use (its `primary:`/`fenced:` lines are rewritten by `set_primary`)."""
         self.prefix = f"rc{os.getpid() % 100000}{secrets.token_hex(2)}"
         self.ns = {n: f"{self.prefix}-{n}" for n in ("sw", "mx1", "mx2", "cl")}
-        self.root = tempfile.mkdtemp(prefix="rc2n-")
+        if root is not None:
+            os.mkdir(root, 0o755)
+            self.root = root
+        else:
+            self.root = tempfile.mkdtemp(prefix="rc2n-")
         os.chmod(self.root, 0o755)
+        self.template = template
         self.n_ips = n_ips
         self.agents: dict[str, subprocess.Popen] = {}
         self.password = "pw-" + secrets.token_hex(10)
@@ -127,6 +137,9 @@ class TwoNode:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(text + "\n")
+        os.mkdir(os.path.join(self.root, "bin"), 0o755)
+        os.symlink(PY, os.path.join(self.root, "bin", "python"))
+        os.symlink(SVC, os.path.join(self.root, "bin", "svc_daemon.py"))
         pw = pwd.getpwnam("postgres")
         for n in NODES:
             d = os.path.join(self.root, n)
@@ -163,12 +176,15 @@ class TwoNode:
 
     # ---- the spec ---------------------------------------------------------------------------
     def spec_text(self, primary: str, fenced: tuple[str, ...] = (), drift_s: float = 1.0) -> str:
+        if self.template is not None:
+            text = re.sub(r"(?m)^primary: \S+", f"primary: {primary}", self.template)
+            return re.sub(r"(?m)^fenced: \[[^\]]*\]", f"fenced: [{', '.join(fenced)}]", text)
         n = self.n_ips
         ips = [f"    - {VIP}/16"]
         if n > 1:
             last = 0x0A650000 + n - 1  # 10.101.x.y
             ips.append(f"    - 10.101.0.1-{last >> 24 & 255}.{last >> 16 & 255}.{last >> 8 & 255}.{last & 255}/32")
-        svc = lambda n: [PY, SVC, n, os.path.join(self.root, "{node}", "app.pid")]  # noqa: E731
+        svc = lambda n: [f"{self.root}/bin/python", f"{self.root}/bin/svc_daemon.py", n, f"{self.root}/{{node}}/app.pid"]  # noqa: E731
         return f"""# yaml-language-server: $schema={ROOT_DIR}/specs/cluster.schema.json
 cluster: lab
 nodes:
