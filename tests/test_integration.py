@@ -274,3 +274,26 @@ def test_agents_killed_at_every_action_boundary_still_converge_without_loss(clus
     lost = [i for i, _ in acks if i not in present]
     assert len(kills) >= 10 and not lost, f"kills={len(kills)}, lost={lost[:10]}"
     print(f"\n{len(kills)} agent kills at action boundaries over 2 switchovers; {len(acks)} writes, none lost")
+
+
+def test_bad_edit_keeps_the_last_good_spec_and_sigterm_stops_cleanly(cluster):
+    import signal as sig
+
+    c = cluster
+    c.wait_converged(120)
+    path = c.spec_path("mx1")
+    good = open(path).read()
+    with open(path + ".tmp", "w") as f:
+        f.write(good.replace("primary: mx1", "primary: mx9"))
+    os.replace(path + ".tmp", path)
+    wait_for(lambda: "spec edit refused, keeping the last good one" in c.agent_log("mx1"), 10, "the refusal in the log")
+    assert "primary: 'mx9' is not one of the nodes" in c.agent_log("mx1") or "mx9" in c.agent_log("mx1")
+    assert holds(c, "mx1", VIP), "a refused edit changed something"
+    p = c.agents["mx1"]
+    os.killpg(p.pid, sig.SIGTERM)
+    assert p.wait(30) == 0
+    c.agents.pop("mx1")
+    assert c.agent_log("mx1").rstrip().endswith("mx1: stopped")
+    with open(path, "w") as f:
+        f.write(good)
+    assert c.status_json("mx1")["postgres"]["running"], "stopping the agent stopped PostgreSQL"
