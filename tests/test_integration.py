@@ -297,3 +297,42 @@ def test_bad_edit_keeps_the_last_good_spec_and_sigterm_stops_cleanly(cluster):
     with open(path, "w") as f:
         f.write(good)
     assert c.status_json("mx1")["postgres"]["running"], "stopping the agent stopped PostgreSQL"
+
+
+def test_apply_one_pass_exit_codes_and_the_terminal_prompt():
+    import pty
+
+    need_netns()
+    need_postgres()
+    c = TwoNode(n_ips=4)
+    try:
+        c.build("mx1")
+        apply = [PY, "-m", "reconciler", "apply", c.spec_path("mx1"), "--node", "mx1"]
+        r = in_ns(c.ns["mx1"], *apply, "--yes", check=False, timeout=120)
+        assert r.returncode == 2 and "Stopped: postgres: start as the primary: waiting: peer mx2 is unreachable" in r.stdout
+        c.start_agent("mx2")  # now mx1 can see that mx2 has nothing it lacks
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execvp("ip", ["ip", "netns", "exec", c.ns["mx1"], *apply])
+        out = b""
+        while b"Only 'yes' is accepted" not in out:
+            out += os.read(fd, 4096)
+        os.write(fd, b"no\n")
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 2 and b"Apply cancelled." in out
+        assert not holds(c, "mx1", VIP)
+        r = in_ns(c.ns["mx1"], *apply, "--yes", check=False, timeout=120)
+        assert r.returncode == 0 and "Apply complete" in r.stdout, r.stdout + r.stderr
+        assert holds(c, "mx1", VIP)
+        r = in_ns(c.ns["mx1"], *apply, "--yes", check=False, timeout=120)
+        assert r.returncode == 0 and "No changes." in r.stdout
+    finally:
+        c.close()
