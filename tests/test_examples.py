@@ -81,3 +81,16 @@ def test_validate_takes_several_files_as_pre_commit_passes_them(tmp_path):
     r = run("validate", SPEC, str(bad))
     assert r.returncode == 1 and "valid (" in r.stdout
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(str(bad))
+
+
+def test_snapshots_round_trip_losslessly_through_json():
+    from reconciler.model import NodeObservation
+
+    for scenario in sorted(os.listdir(EX)):
+        for name in sorted(os.listdir(os.path.join(EX, scenario))):
+            if name.endswith(".json"):
+                text = open(os.path.join(EX, scenario, name)).read()
+                obs = NodeObservation.from_json(text)
+                again = NodeObservation.from_json(obs.to_json())
+                assert again == obs and again.to_json() == obs.to_json()
+                assert json.loads(obs.to_json()) == json.loads(text)
