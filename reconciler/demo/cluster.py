@@ -285,6 +285,11 @@ agent:
             with contextlib.suppress(Exception):
                 self._kill_pidfile(os.path.join(self.root, n, "app.pid"))
         _kill_cwd_under(self.root)
+        for ns in self._made_ns:  # whatever still runs inside our namespaces (clients, daemons)
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
         for ns in reversed(self._made_ns):
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
