@@ -1,0 +1,254 @@
+"""Bring the two-VM lab up and down; cut and restore a node's replication link.
+
+`up` builds, recording each piece in STATE/lab.json as soon as it exists: the state dir (0700),
+the initramfs, netns NAME (bridges br-r, br-m; taps r1 r2 m1 m2), the host veth NAME-m0
+(10.250.0.1/24), a sparse disk per node, the two qemu.  `down` removes exactly what lab.json
+lists, qemu by PID; a failed `up` runs `down` itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler import _cmd
+from reconciler.lab import client, initrd, vm
+from reconciler.lab.client import ExecResult, LabError
+from reconciler.lab.topology import DISK_MB, HOST_MGMT_IP, NODES, Layout, Node, node
+
+BOOT_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Journal:
+    """What `up` created, so that `down` removes that and nothing else."""
+
+    netns: bool = False
+    host_veth: bool = False
+    state_dir: bool = False
+    kernel: str = ""
+    files: list[str] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    qemu: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> Journal | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as e:
+            raise LabError(f"unreadable lab journal {path}: {e}; remove the lab's pieces by hand") from e
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=1))
+        os.replace(tmp, path)
+
+
+def _ip(*args: str) -> None:
+    res = _cmd.run(["ip", *args], timeout=15)
+    if not res.ok:
+        raise LabError(f"network set-up failed: {res.describe()}")
+
+
+def _netns_exists(name: str) -> bool:
+    return os.path.exists(f"/run/netns/{name}")
+
+
+def _link_exists(name: str, netns: str | None = None) -> bool:
+    return _cmd.run(["ip", *(["-n", netns] if netns else []), "link", "show", "dev", name], timeout=10).ok
+
+
+class Lab:
+    def __init__(self, layout: Layout):
+        self.lay = layout
+
+    # -- up ------------------------------------------------------------------------------------
+
+    def up(self) -> float:
+        """Build everything and wait until both agents answer; seconds taken.  Cleans up on failure."""
+        started = time.monotonic()
+        self._preflight()
+        j = Journal()
+        try:
+            self._state_dir(j)
+            kernel, vmlinuz = initrd.find_kernel()
+            j.kernel = kernel
+            self._record(j, file=self.lay.initrd)
+            initrd.build(self.lay.initrd, kernel)
+            self._network(j)
+            for n in NODES:
+                self._node(j, n, vmlinuz)
+            self.wait_agents(BOOT_TIMEOUT_S)
+        except BaseException:
+            self.down()
+            raise
+        return time.monotonic() - started
+
+    def _preflight(self) -> None:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces, taps)")
+        for prog in (vm.QEMU, "ip"):
+            if not any(os.access(os.path.join(d, prog), os.X_OK) for d in _cmd.SYS_PATH.split(":")):
+                raise LabError(f"{prog} not found: apt-get install --no-install-recommends qemu-system-x86 iproute2")
+        if not os.path.exists(initrd.BUSYBOX):
+            raise LabError(f"{initrd.BUSYBOX} missing: apt-get install busybox-static")
+        if self.lay.journal.exists():
+            raise LabError(f"a lab is already up in {self.lay.state} (run `down` first)")
+        if _netns_exists(self.lay.netns) or _link_exists(self.lay.host_veth):
+            raise LabError(f"netns {self.lay.netns} or link {self.lay.host_veth} exists but is not this lab's")
+        if _cmd.run(["ip", "-o", "addr", "show", "to", f"{HOST_MGMT_IP}/32"], timeout=10).stdout.strip():
+            raise LabError(f"{HOST_MGMT_IP} is already on a host interface (another lab is up?)")
+
+    def _record(self, j: Journal, file: Path | None = None, dir_: Path | None = None) -> None:
+        if file is not None:
+            j.files.append(str(file))
+        if dir_ is not None:
+            j.dirs.append(str(dir_))
+        j.save(self.lay.journal)
+
+    def _state_dir(self, j: Journal) -> None:
+        if not self.lay.state.exists():
+            self.lay.state.mkdir(parents=True, mode=0o700)
+            j.state_dir = True
+        os.chmod(self.lay.state, 0o700)
+        self._record(j)
+
+    def _network(self, j: Journal) -> None:
+        ns = self.lay.netns
+        _ip("netns", "add", ns)
+        j.netns = True
+        self._record(j)
+        _ip("-n", ns, "link", "set", "lo", "up")
+        for br in ("br-r", "br-m"):
+            _ip("-n", ns, "link", "add", br, "type", "bridge")
+            _ip("-n", ns, "link", "set", br, "up")
+        for n in NODES:
+            for tap, br in ((n.repl_tap, "br-r"), (n.mgmt_tap, "br-m")):
+                _ip("-n", ns, "tuntap", "add", tap, "mode", "tap")
+                _ip("-n", ns, "link", "set", tap, "master", br, "up")
+        _ip("link", "add", self.lay.host_veth, "type", "veth", "peer", "name", "hostm", "netns", ns)
+        j.host_veth = True
+        self._record(j)
+        _ip("-n", ns, "link", "set", "hostm", "master", "br-m", "up")
+        _ip("addr", "add", f"{HOST_MGMT_IP}/24", "dev", self.lay.host_veth)
+        _ip("link", "set", self.lay.host_veth, "up")
+
+    def _node(self, j: Journal, n: Node, vmlinuz: str) -> None:
+        d = self.lay.node_dir(n)
+        if not d.exists():
+            d.mkdir(mode=0o700)
+            self._record(j, dir_=d)
+        for path in (self.lay.disk(n), self.lay.pidfile(n), self.lay.console(n), self.lay.sock(n)):
+            if path.exists():
+                raise LabError(f"{path} already exists: not removing what this lab did not create")
+            self._record(j, file=path)
+        with open(self.lay.disk(n), "wb") as disk:
+            disk.truncate(DISK_MB << 20)
+        j.qemu[n.name] = vm.start(self.lay, n, vmlinuz)
+        self._record(j)
+
+    def wait_agents(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(NODES)
+        while pending:
+            n = pending[0]
+            try:
+                client.ping(self.lay.sock(n), timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+                pending.pop(0)
+                continue
+            except LabError as e:
+                last = e
+            if time.monotonic() > deadline:
+                raise LabError(f"{n.name} did not answer within {timeout:.0f} s ({last}); "
+                               f"see {self.lay.console(n)}")
+            time.sleep(0.2)
+
+    # -- down ----------------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove what lab.json lists (qemu by PID first); a list of what was removed."""
+        j = Journal.load(self.lay.journal)
+        if j is None:
+            return []
+        done, errors = [], []
+        for name, pid in j.qemu.items():
+            try:
+                if vm.stop(pid, self.lay.pidfile(node(name))):
+                    done.append(f"qemu {name} (PID {pid})")
+            except LabError as e:
+                errors.append(str(e))
+        if j.netns and _netns_exists(self.lay.netns):
+            res = _cmd.run(["ip", "netns", "del", self.lay.netns], timeout=15)
+            (done.append(f"netns {self.lay.netns}") if res.ok else errors.append(res.describe()))
+        if j.host_veth and _link_exists(self.lay.host_veth):
+            time.sleep(0.5)  # deleting the netns deletes its veth peer, asynchronously
+            res = _cmd.run(["ip", "link", "del", self.lay.host_veth], timeout=15)
+            if res.ok or not _link_exists(self.lay.host_veth):
+                done.append(f"link {self.lay.host_veth}")
+            else:
+                errors.append(res.describe())
+        for f in j.files:
+            if os.path.lexists(f):
+                os.unlink(f)
+                done.append(f)
+        for d in reversed(j.dirs):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                errors.append(f"cannot remove {d}: {e}")
+        if errors:
+            raise LabError("lab down incomplete (lab.json kept): " + "; ".join(errors))
+        self.lay.journal.unlink(missing_ok=True)
+        if j.state_dir:
+            try:
+                os.rmdir(self.lay.state)
+            except OSError as e:
+                raise LabError(f"cannot remove {self.lay.state}: {e}") from e
+        return done
+
+    # -- use -----------------------------------------------------------------------------------
+
+    def _require_up(self) -> Journal:
+        j = Journal.load(self.lay.journal)
+        if j is None:
+            raise LabError(f"no lab is up in {self.lay.state} (run `up` first)")
+        return j
+
+    def exec(self, name: str, argv: list[str], timeout: float = 60.0, input_text: str | None = None,
+             env: dict[str, str] | None = None) -> ExecResult:
+        self._require_up()
+        return client.exec_argv(name, self.lay.sock(node(name)), argv, timeout, input_text, env)
+
+    def spawn(self, name: str, argv: list[str]) -> int:
+        self._require_up()
+        return client.spawn(self.lay.sock(node(name)), argv)
+
+    def set_link(self, name: str, up: bool) -> None:
+        """Host side of `name`'s replication cable: tap up (restore) or down (cut)."""
+        self._require_up()
+        _ip("-n", self.lay.netns, "link", "set", node(name).repl_tap, "up" if up else "down")
+
+    def status(self) -> dict[str, Any]:
+        j = Journal.load(self.lay.journal)
+        if j is None:
+            return {"up": False, "state": str(self.lay.state)}
+        nodes = {}
+        for n in NODES:
+            pid = j.qemu.get(n.name)
+            info: dict[str, Any] = {"qemu_pid": pid, "running": bool(pid and vm.is_ours(pid, self.lay.pidfile(n))),
+                                    "repl_ip": n.repl_ip, "mgmt_ip": n.mgmt_ip}
+            res = _cmd.run(["ip", "-n", self.lay.netns, "-o", "link", "show", "dev", n.repl_tap], timeout=10)
+            info["repl_link"] = "down" if ",UP" not in res.stdout and "<UP" not in res.stdout else "up"
+            try:
+                info["agent_uptime_s"] = client.ping(self.lay.sock(n), timeout=3.0).get("uptime")
+            except LabError as e:
+                info["agent"] = str(e)
+            nodes[n.name] = info
+        return {"up": True, "state": str(self.lay.state), "kernel": j.kernel, "netns": self.lay.netns, "nodes": nodes}

@@ -1,0 +1,110 @@
+"""What the lab is made of: names, addresses, MACs, paths.  Pure data, no I/O.
+
+Replication (eth0, 10.0.0.0/24 as in specs/cluster.example.yaml) and management (eth1,
+with the host at .1) are two bridges in one network namespace; the host reaches the
+management bridge through a veth pair.  Only the host veth lives outside the namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+DEFAULT_NAME = "rlab"
+DEFAULT_STATE = "/run/reconciler-lab"
+REPL_NET, MGMT_NET = "10.0.0", "10.250.0"
+HOST_MGMT_IP = f"{MGMT_NET}.1"
+DISK_MB = 256
+MEM_MB = 512
+DRBD_DISK = "/dev/vda"  # the only virtio disk in each VM: the DRBD backing device
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    index: int  # 1 or 2
+
+    @property
+    def repl_ip(self) -> str:
+        return f"{REPL_NET}.{self.index}"
+
+    @property
+    def mgmt_ip(self) -> str:
+        return f"{MGMT_NET}.{10 + self.index}"
+
+    @property
+    def repl_tap(self) -> str:
+        return f"r{self.index}"
+
+    @property
+    def mgmt_tap(self) -> str:
+        return f"m{self.index}"
+
+    def mac(self, link: str) -> str:
+        return f"52:54:00:{'4c' if link == 'repl' else '4d'}:00:{self.index:02x}"
+
+
+NODES = (Node("mx1", 1), Node("mx2", 2))
+
+
+def node(name: str) -> Node:
+    for n in NODES:
+        if n.name == name:
+            return n
+    raise ValueError(f"unknown lab node {name!r} (the lab has {', '.join(n.name for n in NODES)})")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names of everything `up` creates for one lab; `name` prefixes the host-visible ones."""
+
+    name: str
+    state: Path
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"invalid lab name {self.name!r} (allowed: {NAME_RE.pattern})")
+        if not self.state.is_absolute():
+            raise ValueError(f"lab state directory must be absolute: {self.state}")
+
+    @property
+    def netns(self) -> str:
+        return self.name
+
+    @property
+    def host_veth(self) -> str:
+        return f"{self.name}-m0"
+
+    def node_dir(self, n: Node) -> Path:
+        return self.state / n.name
+
+    def sock(self, n: Node) -> Path:
+        return self.node_dir(n) / "ctl.sock"
+
+    def disk(self, n: Node) -> Path:
+        return self.node_dir(n) / "disk.img"
+
+    def pidfile(self, n: Node) -> Path:
+        return self.node_dir(n) / "qemu.pid"
+
+    def console(self, n: Node) -> Path:
+        return self.node_dir(n) / "console.log"
+
+    @property
+    def journal(self) -> Path:
+        return self.state / "lab.json"
+
+    @property
+    def initrd(self) -> Path:
+        return self.state / "initrd.cpio"
+
+
+def layout_from_env(name: str | None = None, state: str | None = None) -> Layout:
+    """Flags win over RECONCILER_LAB_NAME / RECONCILER_LAB_DIR, which win over the defaults."""
+    return Layout(
+        name or os.environ.get("RECONCILER_LAB_NAME") or DEFAULT_NAME,
+        Path(state or os.environ.get("RECONCILER_LAB_DIR") or DEFAULT_STATE),
+    )

@@ -1,0 +1,91 @@
+"""One lab VM: the qemu argv, starting it in the lab's netns, stopping it by PID.
+
+qemu runs under TCG (this host's /dev/kvm cannot run a stock kernel), daemonized with a
+pidfile; a PID is only signalled while /proc/PID/cmdline still names that pidfile, so a
+recycled PID is never hit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from reconciler import _cmd
+from reconciler.lab.agent import PORT_NAME
+from reconciler.lab.client import LabError
+from reconciler.lab.topology import MEM_MB, Layout, Node
+
+QEMU = "qemu-system-x86_64"
+AGENT = str(Path(__file__).with_name("agent.py"))
+
+
+def qemu_argv(lay: Layout, n: Node, kernel: str) -> list[str]:
+    d = lay.node_dir(n)
+    append = (f"console=ttyS0 panic=-1 quiet lab.host={n.name} lab.repl={n.repl_ip}/24 "
+              f"lab.mgmt={n.mgmt_ip}/24 lab.agent={AGENT}")
+    if any(c.isspace() for c in AGENT + str(d)):
+        raise LabError(f"paths with spaces cannot go on the kernel command line: {AGENT}, {d}")
+    return [
+        QEMU, "-name", f"{lay.name}-{n.name}", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1",
+        "-m", str(MEM_MB), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-serial", f"file:{lay.console(n)}",
+        "-kernel", kernel, "-initrd", str(lay.initrd), "-append", append,
+        "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
+        "-drive", f"file={lay.disk(n)},format=raw,if=virtio,cache=unsafe",
+        "-netdev", f"tap,id=repl,ifname={n.repl_tap},script=no,downscript=no",
+        "-device", f"virtio-net-pci,netdev=repl,mac={n.mac('repl')}",
+        "-netdev", f"tap,id=mgmt,ifname={n.mgmt_tap},script=no,downscript=no",
+        "-device", f"virtio-net-pci,netdev=mgmt,mac={n.mac('mgmt')}",
+        "-chardev", f"socket,id=ctl,path={lay.sock(n)},server=on,wait=off",
+        "-device", "virtio-serial-pci", "-device", f"virtserialport,chardev=ctl,name={PORT_NAME}",
+        "-pidfile", str(lay.pidfile(n)), "-daemonize",
+    ]
+
+
+def start(lay: Layout, n: Node, kernel: str) -> int:
+    """Start the VM daemonized inside the lab netns; its qemu PID."""
+    res = _cmd.run(["ip", "netns", "exec", lay.netns, *qemu_argv(lay, n, kernel)], timeout=60)
+    if not res.ok:
+        raise LabError(f"qemu for {n.name} did not start: {res.describe()}")
+    pid = read_pid(lay.pidfile(n))
+    if pid is None:
+        raise LabError(f"qemu for {n.name} started but wrote no pidfile {lay.pidfile(n)}")
+    return pid
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        text = pidfile.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def is_ours(pid: int, pidfile: Path) -> bool:
+    """The process is alive and is the qemu that wrote `pidfile` (not a recycled PID)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return str(pidfile).encode() in args
+
+
+def stop(pid: int, pidfile: Path, grace_s: float = 5.0) -> bool:
+    """SIGTERM, then SIGKILL after `grace_s`; True if a process of ours was stopped."""
+    if not is_ours(pid, pidfile):
+        return False
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not is_ours(pid, pidfile):
+                return True
+            time.sleep(0.05)
+    raise LabError(f"qemu PID {pid} did not exit after SIGKILL")
