@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from tests.sim.cluster import SimCluster
+from tests.sim.observe import streaming
 from tests.sim.specs import make_spec
 from tests.sim.world import Addr
 
@@ -172,6 +173,8 @@ def assert_matches_spec(c: SimCluster) -> None:
             assert not held, (name, held)
             assert not any(node.services.values())
             assert not (node.pg.running and not node.pg.standby)
+            if spec.spec.postgres is not None and primary != "none":
+                assert streaming(c.world, spec, node) is c.world.nodes[primary], f"{name} is not streaming from {primary}"
 
 
 TestCluster = Cluster.TestCase

@@ -185,6 +185,8 @@ def _clean_former_primary(ctx: Ctx, o: PostgresObs, src, params, src_pg, known) 
             return [start], []
         if verdict == "diverged":
             return _rewind_or_block(ctx, o, params, src_pg, detail)
+        if ctx.me_fenced:  # written off by the operator: pg_rewind finds the real fork point itself
+            return _rewind_or_block(ctx, o, params, src_pg, f"whatever {ctx.me} wrote after the fork ({detail})")
         g = Guard("rejoin_decidable", False, f"cannot tell whether {ctx.me} can follow {src}: {detail}")
         return [Action(Kind.PG_START_STANDBY, PG, start.reason, guards=(g,), params=params)], []
     theirs = pos.running_standby_position(src_pg)
