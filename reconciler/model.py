@@ -141,6 +141,10 @@ class NodeObservation(_Frozen):
     format: int = Field(default=SNAPSHOT_FORMAT)
     node: str
     spec_digest: str | None = None  # digest of the spec this node's agent last applied
+    revision: str | None = None  # git commit of that spec (None: not read from git)
+    # Who that spec makes Primary and fenced ("primary=mx2 fenced=none"); the planner's
+    # revision-agreement guard compares it with its own.  None: unknown, never blocks.
+    spec_roles: str | None = None
     interfaces: dict[str, InterfaceObs] = {}
     drbd: dict[str, DrbdObs] = {}
     mounts: dict[str, MountObs] = {}  # mount point -> what is mounted there

@@ -1,7 +1,8 @@
-"""`reconciler run`: the agent.  Reconcile until converged, then rest until the spec file
-changes (watchfiles) or the drift check is due; poll briefly while a guard waits on the
-peer; back off exponentially (per action, capped) after a failure.  Serves its latest
-snapshot to the peer.  SIGTERM stops it between actions, never in the middle of one.
+"""`reconciler run`: the agent.  Reconcile until converged, then rest until the spec changes
+(a file edit, or a new commit at the git HEAD: watchfiles plus a cheap poll) or the drift
+check is due; poll briefly while a guard waits on the peer; back off exponentially (per
+action, capped) after a failure.  Serves its snapshot (and metrics) to the peer, records
+its revisions, talks to systemd.  SIGTERM stops it between actions, never during one.
 """
 
 from __future__ import annotations
@@ -13,46 +14,89 @@ import threading
 import time
 
 from reconciler.agent import logs
-from reconciler.agent.cycle import Outcome, cycle
+from reconciler.agent.cycle import Observe, Outcome, cycle
+from reconciler.agent.metrics import Metrics
 from reconciler.agent.peering import PeerLink
+from reconciler.agent.sdnotify import Notifier
+from reconciler.agent.source import FileSource, Loaded, SourceError, SpecSource, load_or_fail, stamp
+from reconciler.agent.state import RevisionState, revision_label, short
+from reconciler.execute.dispatch import Result, run_action
 from reconciler.model import NodeObservation
 from reconciler.observe.node import observe_node
+from reconciler.plan.actions import Action
+from reconciler.plan.render import title
 from reconciler.spec import LoadedSpec
-from reconciler.spec.load import SpecError, load_spec
+from reconciler.spec.load import SpecError
 
 log = logging.getLogger("reconciler")
 
 WAIT_POLL_S = 0.05  # how often a waiting guard re-reads the peer
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
 SNAPSHOT_MAX_AGE_S = 0.5  # the peer gets a fresh observation if ours is older
+ACTION_PING_CAP_S = 3600.0
+UNCOMMITTED_CHECK_S = 5.0  # `git status` of the spec file, besides on every edit event  # the watchdog is fed during one action for at most this long
+
+
+def _raw_observe(spec: LoadedSpec, node: str) -> NodeObservation:
+    return observe_node(spec, node)
 
 
 class Agent:
-    def __init__(self, path: str, node: str, serve: bool = True) -> None:
-        self.path, self.node, self.serve = path, node, serve
-        self.spec: LoadedSpec = load_spec(path)
+    def __init__(self, source: SpecSource | str, node: str, serve: bool = True, state_dir: str | None = None,
+                 observe: Observe = _raw_observe, notifier: Notifier | None = None) -> None:
+        self.source = FileSource(source) if isinstance(source, str) else source
+        self.node, self.serve, self._raw = node, serve, observe
+        self.current: Loaded = load_or_fail(self.source)
         if node not in self.spec.spec.nodes:
-            raise SpecError(path, 1, 1, "nodes", f"this node {node!r} is not in nodes")
+            raise SpecError(self.source.describe(), 1, 1, "nodes", f"this node {node!r} is not in nodes")
+        self.revs = RevisionState(node, self.source.describe(), state_dir)
+        self.revs.attempt(self.label)
+        self.revs.running(self.label)
         self.peer = PeerLink(self.spec, node)
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
+        self.metrics, self.notify = Metrics(), notifier or Notifier()
+        self.wake, self.stopping = threading.Event(), threading.Event()
+        self.watching = threading.Event()  # set once the watcher runs (tests wait for it)
         self.failures: dict[tuple[str, str], int] = {}
+        self.peer_obs: NodeObservation | None = None
         self._snap: tuple[float, NodeObservation] | None = None
         self._snap_lock = threading.Lock()
         self._server = None
-        self._mtime = self._stat()
+        self._acting_since: float | None = None
+        self._last_wait: object = None
+        self._last_status: str | None = None
 
-    # ---- the peer channel --------------------------------------------------------------
+    @property
+    def spec(self) -> LoadedSpec:
+        return self.current.spec
+
+    @property
+    def label(self) -> str:
+        return revision_label(self.current.revision, self.current.spec.digest)
+
+    # ---- observing, and the peer channel -----------------------------------------------
     def snapshot(self) -> NodeObservation | None:
         with self._snap_lock:
             if self._snap is None or time.monotonic() - self._snap[0] > SNAPSHOT_MAX_AGE_S:
-                self._snap = (time.monotonic(), self._observe(self.spec, self.node))
-            return self._snap[1]
+                self._observe(self.spec, self.node)
+            return self._snap[1] if self._snap else None
 
     def _observe(self, spec: LoadedSpec, node: str) -> NodeObservation:
-        obs = observe_node(spec, node, spec_digest=spec.digest)
+        cur = self.current
+        obs = stamp(self._raw(spec, node), cur if cur.spec is spec else Loaded(spec, None))
         self._snap = (time.monotonic(), obs)
+        self.notify.ready(f"observed; reconciling {short(self.label)}")
         return obs
+
+    def _fetch_peer(self) -> NodeObservation | None:
+        self.peer_obs = self.peer.fetch()
+        return self.peer_obs
+
+    def _execute(self, spec: LoadedSpec, a: Action) -> Result:
+        self._acting_since = time.monotonic()
+        try:
+            return run_action(spec, a)
+        finally:
+            self._acting_since = None
 
     def _start_server(self) -> None:
         from reconciler.peer import PeerServer, load_secret
@@ -63,40 +107,77 @@ class Agent:
         except Exception as e:
             log.error(f"{self.node}: not serving the peer channel: {e}")
             return
-        self._server = PeerServer(s.nodes[self.node].address, s.agent.peer_port, secret, self.snapshot)
+        metrics = self.metrics.exposition if s.agent.metrics else None
+        self._server = PeerServer(s.nodes[self.node].address, s.agent.peer_port, secret, self.snapshot, metrics)
         self._server.start()
 
-    # ---- the spec file --------------------------------------------------------------------
-    def _stat(self) -> tuple[float, int] | None:
-        try:
-            st = os.stat(self.path)
-            return (st.st_mtime, st.st_size)
-        except OSError:
-            return None
-
+    # ---- the spec source --------------------------------------------------------------------
     def _reload(self) -> None:
-        m = self._stat()
-        if m == self._mtime:
+        if not self.source.changed():
             return
-        self._mtime = m
         try:
-            new = load_spec(self.path)
-        except SpecError as e:
-            log.error(f"{self.node}: spec edit refused, keeping the last good one: {e}")
+            new = self.source.load()
+            if self.node not in new.spec.spec.nodes:
+                raise SpecError(new.spec.path, 1, 1, "nodes", f"this node {self.node!r} is not in nodes")
+        except (SpecError, SourceError) as e:
+            log.error(f"{self.node}: spec edit refused, keeping the last good one ({short(self.label)}): {e}")
+            self.revs.attempt(self.source.attempted, error=str(e))
             return
-        if new.digest != self.spec.digest:
-            log.info(f"{self.node}: spec changed ({new.digest[:12]}): primary is {new.spec.primary}")
-            self.spec = new
-            self.peer.update(new, self.node)
+        self.revs.attempt(revision_label(new.revision, new.spec.digest))
+        self.check_uncommitted()
+        if new.spec.digest == self.spec.digest and new.revision == self.current.revision:
+            return
+        rev = f"revision {new.revision[:12]}" if new.revision else f"spec {new.spec.digest[:12]}"
+        fenced = f", fenced: {', '.join(new.spec.spec.fenced)}" if new.spec.spec.fenced else ""
+        log.info(f"{self.node}: now reconciling {rev}: primary is {new.spec.spec.primary}{fenced}")
+        self.current = new
+        self.revs.running(self.label)
+        self.peer.update(new.spec, self.node)
+
+    def check_uncommitted(self) -> None:
+        try:
+            dirty = self.source.uncommitted()
+        except SourceError:
+            return
+        if dirty and not self.revs.rev.uncommitted:
+            log.warning(f"{self.node}: uncommitted edits to {self.source.path} are ignored: "
+                        f"reconciling the committed revision {short(self.label)}")
+        self.revs.uncommitted(dirty)
 
     def _watch(self) -> None:
+        try:
+            self._watch_events()
+        except Exception as e:  # noqa: BLE001 - watching is an optimisation; polling still works
+            log.warning(f"{self.node}: watching the spec failed ({type(e).__name__}: {e}); polling instead")
+            while not self.stopping.wait(0.5):
+                if self.source.changed():
+                    self.wake.set()
+
+    def _watch_events(self) -> None:
         import watchfiles
 
-        target = os.path.abspath(self.path)
-        for changes in watchfiles.watch(os.path.dirname(target), stop_event=self.stopping,
-                                        debounce=0, step=5, rust_timeout=500, yield_on_timeout=True):
-            if any(os.path.abspath(p) == target for _, p in changes):
+        dirs, recursive = self.source.watch()
+        wt = getattr(self.source, "worktree_file", None)
+        checked = time.monotonic()
+        for changes in watchfiles.watch(*dirs, watch_filter=lambda _c, p: self.source.relevant(p),
+                                        stop_event=self.stopping, debounce=0, step=5, rust_timeout=500,
+                                        yield_on_timeout=True, recursive=recursive, ignore_permission_denied=True):
+            self.watching.set()
+            if changes:
+                self.source.notify()
+            if self.source.changed():
                 self.wake.set()
+            edited = wt is not None and any(os.path.abspath(p) == wt for _, p in changes)
+            if edited or time.monotonic() - checked >= UNCOMMITTED_CHECK_S:
+                checked = time.monotonic()
+                self.check_uncommitted()
+
+    def _feed_watchdog(self) -> None:
+        """Keeps systemd's watchdog fed while one (bounded) action runs; the loop feeds it otherwise."""
+        while not self.stopping.wait(self.notify.interval or 1.0):
+            since = self._acting_since
+            if since is not None and time.monotonic() - since < ACTION_PING_CAP_S:
+                self.notify.ping(force=True)
 
     # ---- the loop ---------------------------------------------------------------------------
     def _delay(self, o: Outcome) -> float:
@@ -113,31 +194,64 @@ class Agent:
 
     def step(self) -> Outcome:
         self._reload()
-        o = cycle(self.spec, self.node, self._observe, self.peer.fetch)
+        t0 = time.monotonic()
+        o = cycle(self.spec, self.node, self._observe, self._fetch_peer, self._execute)
+        if o.status == "converged":
+            self.revs.applied(self.label)
+        self.metrics.record(self.spec, o, self.peer_obs, time.monotonic() - t0,
+                            {"applied": self.revs.rev.applied, "attempted": self.revs.rev.attempted,
+                             "current": self.current.revision})
+        self.notify.status(self.status_line(o))
         if o.status in ("acted", "failed"):
             logs.action_line(self.node, o)
-        elif o.status == "waiting" and (o.action, o.plan.notes) != getattr(self, "_last_wait", None):
+        elif o.status == "waiting" and (o.action, o.plan.notes) != self._last_wait:
             logs.waiting_line(self.node, o)
             self._last_wait = (o.action, o.plan.notes)
         return o
 
+    def status_line(self, o: Outcome) -> str:
+        dirty = " (uncommitted edits ignored)" if self.revs.rev.uncommitted else ""
+        if o.status == "converged":
+            return f"converged at {short(self.label)}{dirty}"
+        a = o.action
+        if o.status == "waiting":
+            return f"waiting on {title(a)}: {'; '.join(a.waiting_on)}"
+        if o.status == "failed":
+            return f"failed {title(a)}: {o.result.detail if o.result else ''}"
+        return f"applied {title(a)}; reconciling {short(self.label)}{dirty}"
+
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: (self.stopping.set(), self.wake.set()))
-        signal.signal(signal.SIGINT, lambda *_: (self.stopping.set(), self.wake.set()))
+        self._signals()
         if self.serve:
             self._start_server()
         threading.Thread(target=self._watch, name="watch", daemon=True).start()
-        log.info(f"{self.node}: agent started for cluster {self.spec.spec.cluster} (primary: {self.spec.spec.primary})")
+        if self.notify.interval is not None:
+            threading.Thread(target=self._feed_watchdog, name="watchdog", daemon=True).start()
+        self.check_uncommitted()
+        log.info(f"{self.node}: agent started for cluster {self.spec.spec.cluster} from {self.source.describe()} "
+                 f"({short(self.label)}, primary: {self.spec.spec.primary})")
         try:
-            while not self.stopping.is_set():
-                o = self.step()
-                if o.status == "converged" and getattr(self, "_last_status", None) != "converged":
-                    log.info(f"{self.node}: converged")
-                self._last_status = o.status
-                self.wake.wait(self._delay(o))
-                self.wake.clear()
+            self._loop()
         finally:
+            self.notify.stopping()
             if self._server is not None:
                 self._server.stop()
         log.info(f"{self.node}: stopped")
         return 0
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            o = self.step()
+            if o.status == "converged" and self._last_status != "converged":
+                log.info(f"{self.node}: converged at {short(self.label)}")
+            self._last_status = o.status
+            self.notify.ping()
+            delay, ping = self._delay(o), self.notify.next_ping_in()
+            self.wake.wait(delay if ping is None else min(delay, ping))
+            self.wake.clear()
+
+    def _signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # tests run the loop in a thread and stop it with `stopping`
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: (self.stopping.set(), self.wake.set()))

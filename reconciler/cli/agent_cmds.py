@@ -1,13 +1,18 @@
-"""`apply` (one pass), `run` (the agent) and `status` (what this node and its peer look like)."""
+"""`apply` (one pass, or a saved plan), `run` (the agent) and `status` (what this node and
+its peer look like, and which spec revision each applies)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from reconciler.agent import logs
 from reconciler.agent.cycle import cycle
 from reconciler.agent.peering import PeerLink
+from reconciler.agent.source import GitSource, Loaded, SourceError, SpecSource, stamp
+from reconciler.agent.state import DEFAULT_STATE_DIR, Revisions, read_state, revision_label, short
+from reconciler.cli import sources
 from reconciler.cli.main import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError, default_node
 from reconciler.cli.plan_cmd import load_spec_or_fail
 from reconciler.model import NodeObservation, lsn_to_int
@@ -33,8 +38,12 @@ def _confirm() -> bool:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from reconciler.cli.saved_plan import apply_saved, read_saved
     from reconciler.execute.dispatch import wait_for_announcements
 
+    saved = read_saved(args.file)
+    if saved is not None:
+        return apply_saved(args, saved)
     spec = load_spec_or_fail(args.file)
     node = _node(args, spec)
     logs.setup(args.log_format)
@@ -68,23 +77,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.spec.load import SpecError
 
     logs.setup(args.log_format)
+    source = sources.from_args(args)
+    state_dir = args.state_dir or (DEFAULT_STATE_DIR if isinstance(source, GitSource) else None)
     try:
-        agent = Agent(args.file, args.node or default_node())
+        agent = Agent(source, args.node or default_node(), state_dir=state_dir)
     except SpecError as e:
         raise UserError(str(e)) from None
     return agent.run()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    spec = load_spec_or_fail(args.file)
-    node = _node(args, spec)
-    own = observe_node(spec, node, spec_digest=spec.digest)
+    source = sources.from_args(args, file_default="/etc/reconciler/cluster.yaml")
+    loaded = sources.load(source)
+    spec = loaded.spec
+    node = args.node or default_node()
+    if node not in spec.spec.nodes:
+        raise UserError(f"{source.describe()}: node {node!r} is not in nodes ({', '.join(spec.spec.nodes)}); use --node")
+    own = stamp(observe_node(spec, node), loaded)
     if args.json:
         sys.stdout.write(own.to_json() + "\n")
         return EXIT_OK
     peer = PeerLink(spec, node).fetch()
+    revs = read_state(args.state_dir or DEFAULT_STATE_DIR, node)
     sys.stdout.write(status_text(spec, own, peer))
+    sys.stdout.write("\n".join(revision_lines(source, loaded, revs, peer)) + "\n")
     return EXIT_OK
+
+
+def _when(t: float | None) -> str:
+    return time.strftime(" at %Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+def _uncommitted(source: SpecSource) -> bool:
+    try:
+        return source.uncommitted()
+    except SourceError:
+        return False
+
+
+def revision_lines(source: SpecSource, loaded: Loaded, revs: Revisions | None, peer: NodeObservation | None) -> list[str]:
+    """Flux-style: last applied and last attempted revision; whether the peer applies the same."""
+    here = revision_label(loaded.revision, loaded.spec.digest)
+    out = [f"Spec      {source.describe()}: {short(here)}"]
+    if _uncommitted(source):
+        out.append(f"          uncommitted edits to {source.path} are ignored until committed")
+    if revs is None:
+        out.append("Revision  no agent state recorded (see --state-dir)")
+    else:
+        out.append(f"Revision  applied {short(revs.applied)}{_when(revs.applied_at)}; "
+                   f"attempted {short(revs.attempted)}{_when(revs.attempted_at)}")
+        if revs.attempted_error:
+            out.append(f"          attempted revision refused: {revs.attempted_error}")
+        here = revs.current or here
+    if peer is not None and peer.spec_digest is not None:
+        theirs = revision_label(peer.revision, peer.spec_digest)
+        verdict = "same revision as this node" if theirs == here else f"DIFFERENT revision from this node ({short(here)})"
+        out.append(f"Peer {peer.node}  applies {short(theirs)} ({peer.spec_roles or 'roles unknown'}): {verdict}")
+    return out
 
 
 def _pg_line(pg, peer_pg) -> str:

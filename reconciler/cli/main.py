@@ -29,28 +29,32 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the JSON Schema of the desired-state file")
 
     pl = sub.add_parser("plan", help="show what would be done (dry run)")
-    pl.add_argument("file")
+    pl.add_argument("file", nargs="?", help="the spec file (or --git DIR --path FILE)")
     pl.add_argument("--node", default=None, help="this node's name (default: the host name)")
     pl.add_argument("--observed", metavar="SNAPSHOT.json", help="plan from a saved snapshot of this node")
     pl.add_argument("--peer-observed", metavar="SNAPSHOT.json", help="saved snapshot of the peer")
     pl.add_argument("--json", action="store_true", help="machine-readable, versioned output")
     pl.add_argument("--verbose", "-v", action="store_true", help="list every address")
+    _git_args(pl, rev=True)
+    pl.add_argument("-out", "--out", metavar="FILE", help="save the plan; `reconciler apply FILE` runs exactly it")
 
     ap = sub.add_parser("apply", help="one pass: plan, then act until converged, blocked or failed")
-    ap.add_argument("file")
+    ap.add_argument("file", help="the spec file, or a plan saved by `plan -out` (refused when stale)")
     ap.add_argument("--node", default=None)
     ap.add_argument("--yes", "-y", action="store_true", help="do not ask on a terminal")
     ap.add_argument("--log-format", choices=("text", "json"), default="text")
 
     rn = sub.add_parser("run", help="the agent: keep reconciling as the file changes and reality drifts")
-    rn.add_argument("file")
+    rn.add_argument("file", nargs="?", help="the spec file (or --git DIR --path FILE)")
     rn.add_argument("--node", default=None)
     rn.add_argument("--log-format", choices=("text", "json"), default="text")
+    _git_args(rn, state=True)
 
     st = sub.add_parser("status", help="this node's observed state (and its peer's reachability)")
     st.add_argument("file", nargs="?", default="/etc/reconciler/cluster.yaml")
     st.add_argument("--node", default=None)
     st.add_argument("--json", action="store_true", help="the observation snapshot")
+    _git_args(st, state=True)
 
     # The operator's verbs, import and completion (reconciler.cli.ops_cmds, .completion).
     for name, text in (("promote", "make NODE the primary: edit `primary:` in FILE in place"),
@@ -77,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("completion", help="print a shell completion script")
     cp.add_argument("shell", choices=("bash", "zsh"))
     return p
+
+
+def _git_args(p: argparse.ArgumentParser, rev: bool = False, state: bool = False) -> None:
+    """The spec as committed in a git work tree (reconciler.cli.sources), and the state dir."""
+    p.add_argument("--git", metavar="DIR", help="read the spec as committed at HEAD of this git work tree")
+    p.add_argument("--path", metavar="FILE", help="with --git: the spec's path inside the work tree")
+    if rev:
+        p.add_argument("--rev", metavar="REV", help="with --git: the spec at this commit, branch or tag instead of HEAD")
+    if state:
+        p.add_argument("--state-dir", metavar="DIR", help="where the agent records its revisions "
+                       "(default /var/lib/reconciler with --git; none for a plain file)")
 
 
 def default_node() -> str:

@@ -1,7 +1,9 @@
 """`reconciler plan`: load the spec and the observations, plan, render, exit 0/2/1.
 
-Offline with `--observed SNAPSHOT.json [--peer-observed SNAPSHOT.json]`; a missing peer
-snapshot means "peer unreachable", exactly as the agent sees an unanswered peer.
+The spec comes from FILE or from git (`--git DIR --path FILE [--rev REV]`, so a reviewer
+sees what a commit would do before merging).  Offline with `--observed SNAPSHOT.json
+[--peer-observed SNAPSHOT.json]`; a missing peer snapshot means "peer unreachable", exactly
+as the agent sees an unanswered peer.  `-out FILE` saves the plan for `apply FILE`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import sys
 
 from pydantic import ValidationError
 
+from reconciler.agent.source import stamp
+from reconciler.cli import sources
 from reconciler.cli.main import EXIT_CHANGES, EXIT_OK, UserError, default_node
 from reconciler.model import NodeObservation
 from reconciler.plan import render
@@ -44,11 +48,17 @@ def load_spec_or_fail(path: str) -> LoadedSpec:
         raise UserError(str(e)) from None
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    spec = load_spec_or_fail(args.file)
-    node = args.node or default_node()
+def check_node(spec: LoadedSpec, node: str, where: str) -> str:
     if node not in spec.spec.nodes:
-        raise UserError(f"{args.file}: node {node!r} is not in nodes ({', '.join(spec.spec.nodes)}); use --node")
+        raise UserError(f"{where}: node {node!r} is not in nodes ({', '.join(spec.spec.nodes)}); use --node")
+    return node
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    source = sources.from_args(args)
+    loaded = sources.load(source)
+    spec = loaded.spec
+    node = check_node(spec, args.node or default_node(), source.describe())
     if args.observed is None:
         from reconciler.observe.node import observe_node
 
@@ -57,6 +67,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         own = load_snapshot(args.observed)
         peer = load_snapshot(args.peer_observed) if args.peer_observed else None
+    own = stamp(own, loaded)
     try:
         p = plan(spec, node, own, peer)
     except PlanError as e:
@@ -65,7 +76,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(render.to_json(p, s.cluster, s.primary, spec.digest, render.fingerprint(own, peer)))
     else:
+        if loaded.revision:
+            sys.stdout.write(f"Spec: {source.describe()} = commit {loaded.revision[:12]}\n")
         sys.stdout.write(render.human(p, s.cluster, s.primary, verbose=args.verbose))
+    if args.out:
+        from reconciler.cli.saved_plan import write_saved
+
+        write_saved(args.out, p, source, loaded, own, peer)
+        print(f"\nSaved the plan to {args.out}: `reconciler apply {args.out}` runs exactly these actions, "
+              "and refuses if the spec or the observed state changes first.", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if p.empty else EXIT_CHANGES
 
 

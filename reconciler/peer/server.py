@@ -1,8 +1,9 @@
 """Read-only HTTP server for one agent's latest snapshot.
 
 `GET /v1/observation` (authenticated, response signed) returns `{"format", "served_at",
-"observation"}`; `GET /healthz` returns "ok".  Every other path is 404 and every other
-method 405.  Request logging goes to the `reconciler.peer` logger at DEBUG, headers never.
+"observation"}`; `GET /healthz` returns "ok"; `GET /metrics` (unauthenticated) only when
+given a metrics source.  Every other path is 404 and every other method 405.  Request
+logging goes to the `reconciler.peer` logger at DEBUG, headers never.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ ENVELOPE_FORMAT = 1
 MAX_REQUEST_BODY = 4096
 
 SnapshotSource = Callable[[], NodeObservation | None]
+MetricsSource = Callable[[], tuple[bytes, str]]  # (exposition body, content type)
+METRICS_PATH = "/metrics"
 
 
 class _Server(ThreadingHTTPServer):
@@ -34,10 +37,12 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, host: str, port: int, secret: bytes, get_snapshot: SnapshotSource) -> None:
+    def __init__(self, host: str, port: int, secret: bytes, get_snapshot: SnapshotSource,
+                 metrics: MetricsSource | None = None) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.secret = secret
         self.get_snapshot = get_snapshot
+        self.metrics = metrics
         self.nonces = NonceCache()
         super().__init__((host, port), _Handler)
 
@@ -73,6 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, b"ok\n", ctype="text/plain; charset=utf-8")
         elif self.path == OBSERVATION_PATH:
             self._observation()
+        elif self.path == METRICS_PATH and self.server.metrics is not None:
+            self._metrics(self.server.metrics)
         else:
             self._reply(404, _error_body("not found"))
 
@@ -101,6 +108,15 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload = _snapshot_payload(self.server.get_snapshot)
         sig = response_signature(self.server.secret, nonce, status, payload)
         self._reply(status, payload, headers={SIG_HEADER: sig})
+
+    def _metrics(self, source: MetricsSource) -> None:
+        try:
+            body, ctype = source()
+        except Exception:  # noqa: BLE001 - as for snapshots: never kill the server thread
+            log.exception("peer server: rendering the metrics failed")
+            self._reply(500, _error_body("metrics unavailable"))
+            return
+        self._reply(200, body, ctype=ctype)
 
     def _reply(self, status: int, body: bytes, ctype: str = "application/json", headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -137,8 +153,10 @@ def _snapshot_payload(get_snapshot: SnapshotSource) -> tuple[int, bytes]:
 class PeerServer:
     """Serves `get_snapshot()` to the peer agent from a daemon thread."""
 
-    def __init__(self, bind_host: str, port: int, secret: bytes, get_snapshot: SnapshotSource) -> None:
+    def __init__(self, bind_host: str, port: int, secret: bytes, get_snapshot: SnapshotSource,
+                 metrics: MetricsSource | None = None) -> None:
         self.bind_host = bind_host
+        self._metrics = metrics
         self._port = port
         self._secret = secret
         self._get_snapshot = get_snapshot
@@ -154,7 +172,7 @@ class PeerServer:
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("peer server already started")
-        self._server = _Server(self.bind_host, self._port, self._secret, self._get_snapshot)
+        self._server = _Server(self.bind_host, self._port, self._secret, self._get_snapshot, self._metrics)
         self._bound = self._server.server_port
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="peer-server", daemon=True

@@ -7,13 +7,14 @@ Order on any other node (demotion):
   services stopped in reverse -> floating addresses removed -> unmount -> DRBD Secondary
   -> DRBD up/connect -> PostgreSQL CHECKPOINT + fast stop -> rejoin as a standby.
 The executor runs the first action only and observes again, so a later action's own
-preconditions are those the earlier actions establish.
+preconditions are those the earlier actions establish.  A role change also waits until
+both agents apply the same roles (see `agreement`).
 """
 
 from __future__ import annotations
 
 from reconciler.model import NodeObservation, ServiceObs
-from reconciler.plan import drbd, net, postgres
+from reconciler.plan import agreement, drbd, net, postgres
 from reconciler.plan.actions import Action, Kind, Plan
 from reconciler.plan.context import Ctx
 from reconciler.spec import LoadedSpec
@@ -32,6 +33,7 @@ def plan(spec: LoadedSpec, node: str, own: NodeObservation, peer: NodeObservatio
         raise PlanError(f"the peer observation is of node {peer.node!r}, not {spec.spec.peer_of(node)!r}")
     ctx = Ctx(spec, node, own, peer)
     actions, notes = _primary(ctx) if ctx.is_primary else _secondary(ctx)
+    actions, notes = agreement.guard_role_changes(ctx, actions, notes)
     if peer is None and ctx.peer_name is not None:
         notes.insert(0, f"peer {ctx.peer_name} is unreachable: every guard that needs its state waits")
     return Plan(node=node, actions=tuple(actions), notes=tuple(notes), peer_reachable=ctx.peer_known)

@@ -186,6 +186,10 @@ class Agent(_Strict):
     drift_check_interval_s: float = Field(default=5.0, gt=0, le=3600)
     peer_port: int = Field(default=7170, ge=1, le=65535)
     peer_secret_file: AbsPath = "/etc/reconciler/peer.secret"
+    metrics: bool = Field(
+        default=False,
+        description="serve Prometheus metrics, unauthenticated, as GET /metrics on the peer port",
+    )
 
 
 class Spec(_Strict):

@@ -1,0 +1,170 @@
+"""Saved plans: `plan -out FILE` writes one, `apply FILE` runs exactly it or refuses.
+
+The file holds the plan (the `plan --json` document), where the spec came from, its
+digest and a fingerprint of both observations.  `apply` reads the spec again from the
+same source, observes again and refuses with "Saved plan is stale" when either changed;
+otherwise it runs the saved actions in order, observing and re-planning before each, and
+stops at the first one that is blocked, failed, or no longer the next action.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+
+from reconciler.agent import logs
+from reconciler.agent.peering import PeerLink
+from reconciler.agent.source import Loaded, SpecSource, stamp
+from reconciler.cli import sources
+from reconciler.cli.main import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError
+from reconciler.model import NodeObservation
+from reconciler.plan import render
+from reconciler.plan.actions import Action, Plan
+from reconciler.plan.planner import plan
+
+KIND = "reconciler-saved-plan"
+SAVED_FORMAT = 1
+MAX_SAVED_BYTES = 64 << 20
+# WAL positions of a running server move with every write: left out of the fingerprint,
+# or a saved plan of a busy primary would always be stale.  The guards that read them are
+# evaluated again before each action anyway.
+_VOLATILE_PG = ("current_lsn", "receive_lsn", "replay_lsn")
+_OWN_STAMPS = ("spec_digest", "revision", "spec_roles")  # what we applied, not what we observed
+
+
+def _normal(obs: NodeObservation, own: bool) -> dict:
+    d = obs.model_dump(mode="json")
+    pg = d.get("postgres")
+    if pg and pg.get("running"):
+        for k in _VOLATILE_PG:
+            pg.pop(k, None)
+    for k in _OWN_STAMPS if own else ():
+        d.pop(k, None)
+    return d
+
+
+def observed_fingerprint(own: NodeObservation, peer: NodeObservation | None) -> str:
+    doc = [_normal(own, True), _normal(peer, False) if peer is not None else "unreachable"]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def action_key(a: Action | dict) -> list:
+    if isinstance(a, Action):
+        return [a.kind.value, a.target, list(a.items), sorted([k, v] for k, v in a.params)]
+    return [a["kind"], a["target"], list(a["items"]), sorted([k, v] for k, v in a["params"].items())]
+
+
+def write_saved(path: str, p: Plan, source: SpecSource, loaded: Loaded, own: NodeObservation,
+                peer: NodeObservation | None) -> None:
+    s = loaded.spec.spec
+    fp = observed_fingerprint(own, peer)
+    doc = {"kind": KIND, "saved_format": SAVED_FORMAT, "node": p.node, "source": sources.to_doc(source, loaded),
+           "spec_digest": loaded.spec.digest, "revision": loaded.revision, "observed_fingerprint": fp,
+           "plan": json.loads(render.to_json(p, s.cluster, s.primary, loaded.spec.digest, fp))}
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the saved plan: {e.strerror or e}") from None
+
+
+def read_saved(path: str) -> dict | None:
+    """The saved plan in `path`, or None when the file is not one (then it is a spec)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(MAX_SAVED_BYTES + 1)
+    except OSError:
+        return None
+    if not head.lstrip().startswith(b"{") or len(head) > MAX_SAVED_BYTES:
+        return None
+    try:
+        doc = json.loads(head)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        return None
+    if doc.get("saved_format") != SAVED_FORMAT:
+        raise UserError(f"{path}: saved plan format {doc.get('saved_format')!r}, this reconciler reads {SAVED_FORMAT}")
+    missing = [k for k in ("node", "source", "spec_digest", "observed_fingerprint", "plan") if k not in doc]
+    if missing or not isinstance(doc["plan"], dict) or not isinstance(doc["plan"].get("changes"), list):
+        raise UserError(f"{path}: not a complete saved plan (missing {', '.join(missing) or 'plan.changes'})")
+    return doc
+
+
+def _observe(loaded: Loaded, node: str, link: PeerLink) -> tuple[NodeObservation, NodeObservation | None]:
+    from reconciler.observe.node import observe_node
+
+    return stamp(observe_node(loaded.spec, node), loaded), link.fetch()
+
+
+def _stale(why: str) -> UserError:
+    return UserError(f"Saved plan is stale: {why}. Make a new one with `reconciler plan -out FILE`.")
+
+
+def _check_fresh(doc: dict, node: str) -> tuple[Loaded, PeerLink, Plan]:
+    loaded = sources.load(sources.from_doc(doc["source"]))
+    if loaded.spec.digest != doc["spec_digest"]:
+        now = f" (now commit {loaded.revision[:12]})" if loaded.revision else ""
+        raise _stale(f"the spec changed since the plan was made{now}")
+    link = PeerLink(loaded.spec, node)
+    own, peer = _observe(loaded, node, link)
+    if observed_fingerprint(own, peer) != doc["observed_fingerprint"]:
+        raise _stale("the observed state of this node or its peer changed since the plan was made")
+    p = plan(loaded.spec, node, own, peer)
+    if [action_key(a) for a in p.actions] != [action_key(c) for c in doc["plan"]["changes"]]:
+        raise _stale("planning again now gives different actions")
+    return loaded, link, p
+
+
+def apply_saved(args: argparse.Namespace, doc: dict) -> int:
+    from reconciler.execute.dispatch import wait_for_announcements
+
+    node = str(doc.get("node"))
+    if args.node and args.node != node:
+        raise UserError(f"{args.file}: the plan is for node {node}, not {args.node}")
+    logs.setup(args.log_format)
+    loaded, link, p = _check_fresh(doc, node)
+    saved = doc["plan"]["changes"]
+    done = 0
+    for change in saved:
+        if done:
+            p = plan(loaded.spec, node, *_observe(loaded, node, link))
+        a = p.next_action
+        if a is None:
+            break
+        rc = _run_one(loaded, node, p, a, change)
+        if rc is not None:
+            return rc
+        done += 1
+    wait_for_announcements()
+    print(f"Apply complete: {done} of the saved plan's {len(saved)} action(s) ran"
+          + ("." if done == len(saved) else "; the rest were no longer needed."))
+    return EXIT_OK
+
+
+def _run_one(loaded: Loaded, node: str, p: Plan, a: Action, change: dict) -> int | None:
+    """Run `a` if it is still the saved `change` and not blocked; an exit code to stop with."""
+    from reconciler.agent.cycle import Outcome
+    from reconciler.execute.dispatch import run_action
+
+    if action_key(a) != action_key(change):
+        print(f"Stopped: the next action is now {render.title(a)}, not {change['title']} as saved; plan again.")
+        return EXIT_CHANGES
+    if a.blocked:
+        print(f"Stopped: {render.title(a)}: waiting: {'; '.join(a.waiting_on)}")
+        return EXIT_CHANGES
+    t0 = time.monotonic()
+    r = run_action(loaded.spec, a)
+    own = NodeObservation(node=node)  # action_line reads only the action and its result
+    logs.action_line(node, Outcome("acted" if r.ok else "failed", p, own, a, r, time.monotonic() - t0))
+    if not r.ok:
+        print(f"Failed: {render.title(a)}: {r.detail}")
+        return EXIT_ERROR
+    return None
