@@ -260,7 +260,7 @@ def test_agents_killed_at_every_action_boundary_still_converge_without_loss(clus
             t.start()
             try:
                 c.set_primary(to)
-                wait_for(lambda: c.converged("mx1") and c.converged("mx2"), 120, "convergence under kills", every=0.5)
+                wait_for(lambda: c.converged("mx1") and c.converged("mx2"), 300, "convergence under kills", every=0.5)
             finally:
                 stop.set()
                 t.join()
