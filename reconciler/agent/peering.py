@@ -2,11 +2,16 @@
 
 Any failure (no secret, refused, timeout, bad signature, stale) is "unreachable": the
 planner then waits on every guard that needs the peer, and never assumes it Secondary.
+
+The fetch timeout is 1 s; RECONCILER_PEER_TIMEOUT_S overrides it for machines where one
+observation takes longer than that (the peer observes afresh for each request when its
+snapshot is older than 0.5 s), e.g. the qemu/TCG lab, where it takes 2-5 s.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from reconciler.model import NodeObservation
 from reconciler.peer import fetch_peer, load_secret
@@ -14,10 +19,22 @@ from reconciler.spec import LoadedSpec
 
 log = logging.getLogger("reconciler.peer")
 
+TIMEOUT_ENV = "RECONCILER_PEER_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1.0
+
+
+def default_timeout() -> float:
+    """1 s, or RECONCILER_PEER_TIMEOUT_S when it is a positive number (else ignored)."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, ""))
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+    return value if 0 < value <= 300 else DEFAULT_TIMEOUT_S
+
 
 class PeerLink:
-    def __init__(self, spec: LoadedSpec, node: str, timeout: float = 1.0) -> None:
-        self.timeout = timeout
+    def __init__(self, spec: LoadedSpec, node: str, timeout: float | None = None) -> None:
+        self.timeout = default_timeout() if timeout is None else timeout
         self.last_reason: str | None = None
         self.update(spec, node)
 

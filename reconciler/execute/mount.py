@@ -81,5 +81,7 @@ def unmount(mountpoint: str) -> None:
     if res.ok:
         return
     if "busy" in res.stderr:
-        raise MountError(f"cannot unmount {mountpoint}: it is busy. Holders:\n{holders(mountpoint, current.source)}")
+        # one line: the agent logs an action's first line only, and the holders are the point
+        found = "; ".join(" ".join(ln.split()) for ln in holders(mountpoint, current.source).splitlines() if ln.strip())
+        raise MountError(f"cannot unmount {mountpoint}: it is busy. Holders: {found}")
     raise MountError(f"cannot unmount {mountpoint}: {res.describe()}")

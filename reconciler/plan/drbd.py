@@ -33,7 +33,9 @@ def _bring_up(ctx: Ctx, r: DrbdResource, o: DrbdObs) -> tuple[list[Action], list
         survivor = ctx.spec.spec.primary if ctx.spec.spec.primary != "none" else ctx.me
         victim = ctx.peer_name if survivor == ctx.me else ctx.me
         cmds = split_brain_commands(r.name, victim or "the victim", survivor)
-        g = Guard("no_split_brain", False, f"split brain on {r.name}: an operator decides whose data survives")
+        # the commands go into the guard too: the agent's log shows waiting guards, not plan notes
+        g = Guard("no_split_brain", False,
+                  f"split brain on {r.name}: an operator decides whose data survives; to resolve: {cmds}")
         act = Action(Kind.DRBD_CONNECT, r.name, f"{r.name} is StandAlone after a split brain", guards=(g,))
         return [act], [f"DRBD {r.name}: split brain detected; nothing is discarded automatically. To resolve: {cmds}"]
     if o.connection == "StandAlone":

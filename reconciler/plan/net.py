@@ -52,16 +52,21 @@ def _peer_free_guard(ctx: Ctx, items: tuple[str, ...]) -> Guard:
 def _removal_order(iface: InterfaceObs, remove: set[str]) -> tuple[list[str], bool]:
     """Removal list (secondaries first) and whether promote_secondaries is needed."""
     by_addr = {a.address: a for a in iface.addresses}
-    survivors = [a for a in iface.addresses if a.address not in remove and ":" not in a.address]
-    need_promote = False
-    for addr in remove:
-        a = by_addr[addr]
-        if ":" in addr or a.secondary:
-            continue
-        net = ipaddress.ip_interface(addr).network
-        if any(ipaddress.ip_interface(s.address).network == net for s in survivors):
-            need_promote = True
-            break
+    # Subnets of the IPv4 primaries being removed; a /32 is alone in its subnet, so it
+    # never takes another address with it.  Survivors are parsed once, and only those
+    # with a prefix length that can match: testing each removal against every survivor
+    # was O(removed x surviving), minutes for a spec edit dropping 5,000 of 10,000.
+    removed_nets = {
+        ipaddress.ip_interface(addr).network
+        for addr in remove
+        if ":" not in addr and not by_addr[addr].secondary and not addr.endswith("/32")
+    }
+    plens = {f"/{n.prefixlen}" for n in removed_nets}
+    need_promote = bool(plens) and any(
+        ipaddress.ip_interface(a.address).network in removed_nets
+        for a in iface.addresses
+        if a.address not in remove and ":" not in a.address and a.address[a.address.rfind("/"):] in plens
+    )
     ordered = sorted(remove, key=lambda x: (not by_addr[x].secondary, _sort_key(x)))
     return ordered, need_promote
 
