@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import run_state_machine_as_test
+from hypothesis.stateful import precondition, rule, run_state_machine_as_test
 
 from reconciler.plan import drbd as plan_drbd
 from reconciler.plan import net as plan_net
@@ -19,11 +19,40 @@ MUTANT_SETTINGS = settings(max_examples=3000, stateful_step_count=40, deadline=N
                            report_multiple_bugs=False)
 
 
+def _off(self) -> bool:
+    return False
+
+
 class SafetyOnly(Cluster):
-    """The same machine, without the liveness check: a mutant must break *safety*."""
+    """The same machine without the liveness check (a mutant must break *safety*) and
+    without the fault rules that only dilute the search for a missing guard."""
 
     def teardown(self) -> None:
         pass
+
+    @precondition(_off)
+    @rule()
+    def drift_service_stopped(self) -> None: ...
+
+    @precondition(_off)
+    @rule()
+    def drift_ip_deleted(self) -> None: ...
+
+    @precondition(_off)
+    @rule()
+    def drift_foreign_ip(self) -> None: ...
+
+    @precondition(_off)
+    @rule()
+    def power_cycle(self) -> None: ...
+
+    @precondition(_off)
+    @rule()
+    def pg_crash(self) -> None: ...
+
+    @precondition(_off)
+    @rule()
+    def agent_killed_mid_action(self) -> None: ...
 
 
 def _no_pg_peer_guard(ctx, mine, own):

@@ -228,6 +228,7 @@ class Agent:
         if self.notify.interval is not None:
             threading.Thread(target=self._feed_watchdog, name="watchdog", daemon=True).start()
         self.check_uncommitted()
+        self._reannounce()
         log.info(f"{self.node}: agent started for cluster {self.spec.spec.cluster} from {self.source.describe()} "
                  f"({short(self.label)}, primary: {self.spec.spec.primary})")
         try:
@@ -238,6 +239,23 @@ class Agent:
                 self._server.stop()
         log.info(f"{self.node}: stopped")
         return 0
+
+    def _reannounce(self) -> None:
+        """An agent killed after adding addresses may not have announced them: on start, the
+        Primary announces the floating addresses it holds once more (GARPs leave no trace to
+        observe, so this is the one thing done on start rather than from the plan)."""
+        if self.spec.spec.primary != self.node:
+            return
+        from reconciler.execute.dispatch import _announce
+
+        try:
+            obs = observe_node(self.spec, self.node)
+            for name, iface in obs.interfaces.items():
+                held = tuple(a.address for a in iface.addresses if a.owned and a.address in self.spec.addresses.get(name, ()))
+                if held:
+                    _announce(self.spec, name, held)
+        except Exception as e:  # announcing is best effort; the loop goes on
+            log.warning(f"{self.node}: re-announcing held addresses failed: {e}")
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
