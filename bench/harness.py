@@ -246,13 +246,15 @@ agent:
 
 
 def write_atomic(path: str, text: str) -> float:
-    """Write like an editor or git does (temp file, then rename); return time.time() right
-    after the rename, the moment the new file is visible."""
+    """Write like an editor or git does (temp file, then rename); return time.time() taken
+    just before the rename (the new file cannot be visible earlier; taken after it, a
+    preemption of this process could make the agent look faster than it is)."""
     tmp = path + ".tmp~"  # watchfiles' default filter ignores names ending in '~'
     with open(tmp, "w") as f:
         f.write(text)
+    t = time.time()
     os.replace(tmp, path)
-    return time.time()
+    return t
 
 
 class SoloAgent:
