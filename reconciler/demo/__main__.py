@@ -128,8 +128,9 @@ def main() -> int:
     p.add_argument("--real-drbd", action="store_true", help="run the demo on the two-VM DRBD lab (issue 4)")
     args = p.parse_args()
     if args.real_drbd:
-        print("--real-drbd: the VM lab demo is not available yet; run without it", file=sys.stderr)
-        return 1
+        from reconciler.lab.demo import run_real_drbd_demo
+
+        return run_real_drbd_demo()
     if os.geteuid() != 0:
         print("the demo needs root (network namespaces, PostgreSQL run as its owner)", file=sys.stderr)
         return 1

@@ -1,0 +1,355 @@
+"""The reconciler itself on the two-VM lab: real DRBD 8.4, PostgreSQL 15 and floating IPs.
+
+`LabCluster(lab)` turns a provisioned lab (`reconciler.lab.provision`) into the cluster of
+`spec_text()`: r0 mounted on /srv/hvmail on the Primary, PostgreSQL on each VM's own
+storage (the tmpfs overlay, not DRBD; initialised on mx1, cloned to mx2 by the agent),
+floating IPs on eth1 (the management network, where the host's client is), the
+`svc_daemon.py` stand-in service started with its working directory on the DRBD mount
+(so a service left running keeps the mount busy), and `reconciler run` inside each VM.
+The spec is byte-for-byte the same on both nodes.
+
+Everything it creates is inside the VMs (tmpfs), so `lab down` removes it all; the host
+keeps nothing.  Python under TCG is slow: every in-VM CLI call costs seconds, so state is
+read with one `reconciler status --json` per node and progress is followed in the agent
+logs (`wait_log`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from reconciler.lab.client import ExecResult, LabError
+from reconciler.lab.lab import Lab
+from reconciler.lab.provision import DEVICE, RESOURCE
+from reconciler.lab.topology import MGMT_NET, NODES
+
+ROOT_DIR = str(Path(__file__).resolve().parents[2])
+PY = str(Path(sys.executable).parent / "python")  # the venv's python: the same path inside the VMs
+SVC = f"{ROOT_DIR}/reconciler/demo/svc_daemon.py"
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+MOUNT = "/srv/hvmail"
+BASE = "/run/rce2e"  # tmpfs in the VM: secrets, PostgreSQL socket, service pidfile
+PGDATA = "/var/lib/rce2e/pgdata"  # the overlay's tmpfs: the VM's own storage, not DRBD
+SOCK = f"{BASE}/sock"
+SPEC = "/etc/reconciler/cluster.yaml"
+AGENT_LOG = "/var/log/rce2e-agent.log"
+STATE_DIR = "/var/lib/rce2e/state"
+VIP = f"{MGMT_NET}.100"
+MORE_IPS = f"{MGMT_NET}.101-{MGMT_NET}.103"
+IFACE = "eth1"
+
+HBA = f"""\
+local  all          postgres    peer map=reconciler
+local  replication  postgres    peer map=reconciler
+host   replication  replicator  10.0.0.0/24   scram-sha-256
+host   postgres     replicator  10.0.0.0/24   scram-sha-256
+host   postgres     app         {MGMT_NET}.0/24 trust
+"""
+IDENT = "reconciler  root      postgres\nreconciler  postgres  postgres\n"
+CONF = """
+listen_addresses = '*'
+shared_buffers = '32MB'
+max_connections = 30
+wal_keep_size = '64MB'
+wal_retrieve_retry_interval = '200ms'
+wal_receiver_status_interval = '1s'
+log_line_prefix = '%m [%p] '
+"""
+SETUP_SQL = [
+    "CREATE ROLE replicator LOGIN REPLICATION PASSWORD '{pw}'",
+    "CREATE ROLE app LOGIN",
+    "CREATE TABLE writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
+    "GRANT INSERT, SELECT ON writes TO app",
+    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO replicator",
+    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO replicator",
+    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO replicator",
+    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO replicator",
+]
+
+
+# svc_daemon.py's own `status` check in sh: the agent runs it on every observation, and a
+# python start costs 1-2 s under TCG (which would make each observation that much slower).
+STATUS_SH = (f'p=$(cat {BASE}/app.pid 2>/dev/null) || exit 3; case "$(cut -d")" -f2 /proc/$p/stat 2>/dev/null)" in '
+             '" "[RSDTtWIP]*) grep -qs svc_daemon.py /proc/$p/cmdline && exit 0;; esac; exit 3')
+# One observation takes 1-5 s in the VMs; the peer's 1 s default fetch timeout would make
+# each agent see the other as unreachable most of the time (reconciler.agent.peering).
+PEER_TIMEOUT_S = 8.0
+
+
+def spec_text(primary: str = "mx1", fenced: tuple[str, ...] = ()) -> str:
+    svc = lambda verb: f"[{PY}, {SVC}, {verb}, {BASE}/app.pid]"  # noqa: E731
+    nodes = "\n".join(f"  {n.name}: {{address: {n.repl_ip}}}" for n in NODES)
+    return f"""# The two-VM lab cluster (reconciler.lab.cluster): the same file on mx1 and mx2.
+cluster: lab
+nodes:
+{nodes}
+primary: {primary}
+fenced: [{', '.join(fenced)}]
+floating_ips:
+  interface: {IFACE}
+  addresses:
+    - {VIP}/24
+    - {MORE_IPS}/24
+drbd:
+  - name: {RESOURCE}
+    device: {DEVICE}
+    mount: {MOUNT}
+    fstype: ext4
+    options: [noatime]
+postgres:
+  data_dir: {PGDATA}
+  socket_dir: {SOCK}
+  bin_dir: {PG_BIN}
+  port: 5432
+  replication_user: replicator
+  password_file: {BASE}/replication.password
+services:
+  - name: app                # its working directory is on the DRBD mount while it runs
+    commands:
+      start: [/usr/bin/env, -C, {MOUNT}, {PY}, {SVC}, start, {BASE}/app.pid]
+      stop: {svc('stop')}
+      status: [/bin/sh, -c, '{STATUS_SH}']   # what `svc_daemon.py status` checks, without a python start
+announce: {{count: 3, interval_ms: 100, rate_limit_pps: 2000}}
+agent:
+  drift_check_interval_s: 10   # each observation costs 1-5 s of the VM's one emulated CPU
+  peer_port: 7170
+  peer_secret_file: {BASE}/peer.secret
+"""
+
+
+def last_state(log: str) -> str:
+    """The agent's last reported state in `log`: converged, waiting, acted, failed or ''."""
+    state = ""
+    for line in log.splitlines():
+        if ": converged at " in line:
+            state = "converged"
+        elif ": waiting: " in line:
+            state = "waiting"
+        elif re.search(r": (ok|failed) in [0-9.]+s", line):
+            state = "acted" if ": ok in " in line else "failed"
+    return state
+
+
+class LabCluster:
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.password = "pw-" + secrets.token_hex(10)
+        self.secret = secrets.token_hex(32)
+        self.agents: dict[str, int] = {}
+        self.timings: dict[str, float] = {}
+        self.cli_calls = 0
+        self.cli_seconds = 0.0
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def sh(self, node: str, script: str, timeout: float = 60.0, input_text: str | None = None,
+           check: bool = True) -> ExecResult:
+        r = self.lab.exec(node, ["sh", "-ec", script], timeout=timeout, input_text=input_text)
+        return r.check() if check else r
+
+    def put(self, node: str, path: str, text: str, mode: str = "0644") -> None:
+        """Write `path` atomically (a temp file renamed over it, as an editor or git does)."""
+        q = shlex.quote(path)
+        self.sh(node, f"umask 077; mkdir -p $(dirname {q}); cat > {q}.tmp; chmod {mode} {q}.tmp; mv {q}.tmp {q}",
+                input_text=text)
+
+    def psql(self, node: str, sql: str, timeout: float = 60.0) -> ExecResult:
+        return self.lab.exec(node, ["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-h", SOCK, "-X", "-At",
+                                    "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c", sql], timeout=timeout)
+
+    def cli(self, node: str, *args: str, timeout: float = 120.0) -> ExecResult:
+        self.cli_calls += 1
+        t0 = time.monotonic()
+        try:
+            return self.lab.exec(node, [PY, "-m", "reconciler", *args], timeout=timeout,
+                                 env={"RECONCILER_PEER_TIMEOUT_S": f"{PEER_TIMEOUT_S:g}"})
+        finally:
+            self.cli_seconds += time.monotonic() - t0
+
+    # ---- building ---------------------------------------------------------------------------
+    def build(self, primary: str = "mx1") -> None:
+        """Files on both nodes, PostgreSQL initialised on mx1 (mx2's data dir left empty), the spec."""
+        t0 = time.monotonic()
+        for n in NODES:
+            self.sh(n.name, f"mkdir -p {BASE} {MOUNT} {STATE_DIR} $(dirname {PGDATA}); "
+                            f"install -d -m 0700 -o postgres -g postgres {PGDATA} {SOCK}")
+            self.put(n.name, f"{BASE}/peer.secret", self.secret + "\n", "0600")
+            self.put(n.name, f"{BASE}/replication.password", self.password + "\n", "0600")
+        self._initdb(NODES[0].name)
+        self.set_spec(primary)
+        self.timings["build_s"] = time.monotonic() - t0
+
+    def _initdb(self, node: str) -> None:
+        pg = f"runuser -u postgres -- {PG_BIN}"
+        self.sh(node, f"{pg}/initdb -D {PGDATA} -U postgres --data-checksums --auth-local=peer "
+                      "--auth-host=scram-sha-256 --no-sync --no-instructions -E UTF8 --locale=C >/dev/null", 300)
+        for name, text in (("pg_hba.conf", HBA), ("pg_ident.conf", IDENT)):
+            self.put(node, f"{PGDATA}/{name}", text, "0600")
+        self.sh(node, f"cat >> {PGDATA}/postgresql.conf; chown postgres:postgres {PGDATA}/*.conf", input_text=CONF)
+        opts = f"-c listen_addresses='' -c unix_socket_directories='{SOCK}'"
+        ctl = f"{pg}/pg_ctl -D {PGDATA} -w -t 120"
+        self.sh(node, f"{ctl} -o {shlex.quote(opts)} -l {PGDATA}/setup.log start >/dev/null", 180)
+        try:
+            sql = " ".join(f"-c {shlex.quote(s.format(pw=self.password))}" for s in SETUP_SQL)
+            self.sh(node, f"runuser -u postgres -- {PG_BIN}/psql -h {SOCK} -X -q -v ON_ERROR_STOP=1 -d postgres {sql}",
+                    120)
+        finally:
+            self.sh(node, f"{ctl} -m fast stop >/dev/null", 180)
+
+    # ---- the spec and the agents --------------------------------------------------------------
+    def set_spec(self, primary: str, fenced: tuple[str, ...] = (), nodes: tuple[str, ...] = ("mx1", "mx2")) -> None:
+        text = spec_text(primary, fenced)
+        for n in nodes:
+            self.put(n, SPEC, text)
+
+    def start_agent(self, node: str) -> None:
+        cmd = (f"RECONCILER_PEER_TIMEOUT_S={PEER_TIMEOUT_S:g} exec {PY} -m reconciler run {SPEC} --node {node} "
+               f"--state-dir {STATE_DIR} >>{AGENT_LOG} 2>&1 </dev/null")
+        self.agents[node] = self.lab.spawn(node, ["sh", "-c", cmd])
+
+    def start_agents(self) -> None:
+        for n in NODES:
+            self.start_agent(n.name)
+
+    def stop_agent(self, node: str, timeout: float = 60.0) -> None:
+        pid = self.agents.pop(node, None)
+        if pid is None:
+            return
+        wait = f"i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt {int(timeout * 5)} ]; do sleep 0.2; i=$((i+1)); done"
+        self.sh(node, f"kill -TERM {pid} 2>/dev/null || exit 0; {wait}", timeout + 10)
+
+    def log(self, node: str, since: int = 0) -> str:
+        """The agent's log from byte offset `since` (see `offsets`)."""
+        raw = self.sh(node, f"cat {AGENT_LOG} 2>/dev/null || true").stdout.encode("utf-8", "surrogateescape")
+        return raw[since:].decode("utf-8", "replace")
+
+    def log_size(self, node: str) -> int:
+        return len(self.log(node).encode("utf-8", "surrogateescape"))
+
+    def wait_log(self, what: str, ok: Callable[[dict[str, str]], Any], since: dict[str, int] | None = None,
+                 timeout: float = 180.0, every: float = 1.0) -> Any:
+        """Poll both agent logs (from byte offsets `since`) until `ok(logs)` is truthy."""
+        since = since or {}
+        deadline = time.monotonic() + timeout
+        while True:
+            logs = {n.name: self.log(n.name, since.get(n.name, 0)) for n in NODES}
+            v = ok(logs)
+            if v:
+                return v
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"--- {n} ---\n" + "\n".join(t.splitlines()[-15:]) for n, t in logs.items())
+                raise LabError(f"timed out after {timeout:.0f} s waiting for {what}; agent logs:\n{tails}")
+            time.sleep(every)
+
+    def offsets(self) -> dict[str, int]:
+        return {n.name: self.log_size(n.name) for n in NODES}
+
+    def wait_converged(self, since: dict[str, int] | None = None, timeout: float = 240.0) -> float:
+        """Until both agents' last logged state (after `since`) is converged; seconds taken."""
+        t0 = time.monotonic()
+        self.wait_log("both agents converged", lambda logs: all(last_state(t) == "converged" for t in logs.values()),
+                      since, timeout)
+        return time.monotonic() - t0
+
+    # ---- reading state --------------------------------------------------------------------------
+    def status(self, node: str) -> dict[str, Any]:
+        r = self.cli(node, "status", SPEC, "--node", node, "--json").check()
+        return dict(json.loads(r.stdout))
+
+    def both(self, fn: Callable[[str], Any]) -> dict[str, Any]:
+        """fn(node) on both nodes at once (each VM has its own emulated CPU)."""
+        with ThreadPoolExecutor(len(NODES)) as pool:
+            futures = {n.name: pool.submit(fn, n.name) for n in NODES}
+            return {name: f.result() for name, f in futures.items()}
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        return self.both(self.status)
+
+    def plan(self, node: str) -> ExecResult:
+        return self.cli(node, "plan", SPEC, "--node", node)
+
+    def addresses(self, node: str) -> set[str]:
+        """IPv4 addresses on eth1 (without prefix)."""
+        out = self.lab.exec(node, ["ip", "-o", "-4", "addr", "show", "dev", IFACE]).check().stdout
+        return {w.split("/")[0] for line in out.splitlines() for w in line.split()[3:4]}
+
+    def holds(self, node: str, ip: str = VIP) -> bool:
+        return ip in self.addresses(node)
+
+    def rows(self, node: str) -> set[int]:
+        r = self.psql(node, "SELECT id FROM writes").check()
+        return {int(x) for x in r.stdout.split()}
+
+
+class Writer:
+    """The client, on the host: writer.py's loop (one autocommit INSERT per acknowledged row
+    through the floating IP, reconnecting after any error, each ack recorded as (id, monotonic
+    time)), in a thread and paced, so that it does not use up the Primary VM's one CPU."""
+
+    def __init__(self, host: str = VIP, pace_s: float = 0.05) -> None:
+        self.host, self.pace_s = host, pace_s
+        self._acks: list[tuple[int, float]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+
+        i, conn = 0, None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    # tcp_user_timeout: a commit sent to an address that moved fails in 10 s, not in minutes
+                    conn = psycopg.connect(host=self.host, port=5432, user="app", dbname="postgres", connect_timeout=2,
+                                           autocommit=True, tcp_user_timeout=10000)
+                i += 1
+                conn.execute("INSERT INTO writes (id) VALUES (%s)", (i,))
+                with self._lock:
+                    self._acks.append((i, time.monotonic()))
+                self._stop.wait(self.pace_s)
+            except psycopg.Error:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg.Error:
+                        pass
+                conn = None
+                self._stop.wait(0.05)
+        if conn is not None:
+            conn.close()
+
+    def acks(self) -> list[tuple[int, float]]:
+        with self._lock:
+            return list(self._acks)
+
+    def wait_acks(self, n: int, timeout: float = 120.0) -> float:
+        """Until `n` more commits are acknowledged; seconds taken."""
+        base, t0 = len(self.acks()), time.monotonic()
+        while len(self.acks()) < base + n:
+            if time.monotonic() - t0 > timeout:
+                raise LabError(f"timed out after {timeout:.0f} s waiting for {n} more acknowledged writes "
+                               f"through {self.host} (have {len(self.acks())})")
+            time.sleep(0.1)
+        return time.monotonic() - t0
+
+    def stop(self) -> list[tuple[int, float]]:
+        self._stop.set()
+        self._thread.join(30)
+        return self.acks()
+
+    @staticmethod
+    def longest_gap(acks: list[tuple[int, float]], since: float) -> float:
+        ts = [t for _, t in acks if t >= since]
+        return max((b - a for a, b in zip(ts, ts[1:])), default=0.0)
