@@ -194,10 +194,11 @@ def dump_interrupted(data: bytes) -> bool:
 
 
 class Netlink:
-    """One NETLINK_ROUTE socket, no multicast groups: requests and their replies only."""
+    """One netlink socket (NETLINK_ROUTE unless `protocol` says otherwise), no multicast
+    groups: requests and their replies only."""
 
-    def __init__(self, timeout: float = 60.0, rcvbuf: int = 4 << 20) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    def __init__(self, timeout: float = 60.0, rcvbuf: int = 4 << 20, protocol: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE (root)
         except OSError:

@@ -123,6 +123,53 @@ def test_planned_switchover_loses_nothing_and_switches_back_20_times(cluster):
           f"min {outages[0]:.3f}s, max {outages[-1]:.3f}s; {len(acks)} acknowledged writes, none lost")
 
 
+# A client with a query in flight through the floating address when the switchover starts.
+# Prints how long it waited and what ended the wait; libpq's keepalive defaults (2 h) are kept,
+# as an application's would be.
+IN_FLIGHT = """
+import sys, time, psycopg
+conn = psycopg.connect(host=sys.argv[1], port=5432, user="app", dbname="postgres", connect_timeout=2, autocommit=True)
+print("connected", flush=True)
+t0 = time.monotonic()
+try:
+    conn.execute("SELECT pg_sleep(300)")
+    print(f"answered {time.monotonic() - t0:.2f}", flush=True)
+except psycopg.Error as e:
+    print(f"error {time.monotonic() - t0:.2f} {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+"""
+
+
+def test_a_query_in_flight_across_the_switchover_is_ended_not_left_hanging(cluster):
+    # The old Primary removes the floating address before PostgreSQL stops: without the
+    # connection reset, the backend's reply and FIN have no source address left and the
+    # client waits for its TCP keepalive (hours).  The reset ends the wait at once.
+    c = cluster
+    c.wait_converged(120)
+    p = subprocess.Popen(["ip", "netns", "exec", c.ns["cl"], PY, "-c", IN_FLIGHT, VIP], cwd=ROOT_DIR,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "connected"
+        time.sleep(0.5)  # the query is running on mx1
+        t0 = time.monotonic()
+        c.set_primary("mx2")
+        try:
+            out, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the client with a query in flight is still waiting 60 s after the switchover began")
+        waited = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+    assert out.startswith("error "), f"client: {out!r} {err!r}"
+    print(f"\nin-flight query ended {waited:.2f} s after the edit: {out.strip()}")
+    wait_for(lambda: holds(c, "mx2", VIP) and c.status_json("mx2")["postgres"]["in_recovery"] is False, 60,
+             "mx2 primary")
+    c.wait_converged(60)
+    assert any("TCP connection(s) on them reset" in line for line in c.agent_log("mx1").splitlines())
+
+
 def test_drift_is_healed_and_foreign_addresses_left_alone(cluster):
     c = cluster
     c.wait_converged(120)

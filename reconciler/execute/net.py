@@ -4,6 +4,8 @@ All address changes go as pipelined raw netlink messages on one socket (see
 `reconciler.netlink`), every one stamped with IFA_PROTO = `TAG`.  Removal and adoption
 re-read the interface in the same call: an address without our tag is never removed, and a
 subnet's primary is never removed while that would make the kernel drop its secondaries.
+Just before addresses are deleted, the TCP connections on them are reset, so that their
+clients reconnect (to the new Primary) instead of waiting on a dead connection.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from reconciler.netlink import (
     run_in_netns,
 )
 from reconciler.observe.net import dump_links_and_addrs, read_promote_secondaries
+from reconciler.sockdiag import reset_connections
 
 # The ownership tag (IFA_PROTO, u8): 0x9d = 157.  See reconciler.netlink.IFA_PROTO_RECONCILER.
 TAG = IFA_PROTO_RECONCILER
@@ -59,6 +62,8 @@ class NetResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (address, why refused)
     failed: list[tuple[str, int, str]] = field(default_factory=list)  # (address, errno, text)
     error: str | None = None  # the whole call failed (no such interface, namespace, ...)
+    reset: int = 0  # TCP connections on removed addresses reset first (see reconciler.sockdiag)
+    warnings: list[str] = field(default_factory=list)  # did not stop the call
 
     @property
     def ok(self) -> bool:
@@ -67,10 +72,13 @@ class NetResult:
     def summary(self) -> str:
         if self.error:
             return f"{self.op} on {self.iface}: {self.error}"
-        return (
+        text = (
             f"{self.op} on {self.iface}: {len(self.changed)} changed, {len(self.unchanged)} unchanged, "
             f"{len(self.skipped)} refused, {len(self.failed)} failed"
         )
+        if self.reset:
+            text += f", {self.reset} TCP connection(s) on them reset"
+        return text + "".join(f"; {w}" for w in self.warnings)
 
 
 def parse_items(items: Iterable[str]) -> list[IPIface]:
@@ -214,6 +222,12 @@ def _classify_removals(
 
 
 def _delete(nl: Netlink, index: int, ips: list[IPIface], result: NetResult) -> None:
+    if not ips:
+        return
+    # While the address is still here, so the resets reach the clients (reconciler.sockdiag).
+    n, problems = reset_connections(str(ip.ip) for ip in ips)
+    result.reset += n
+    result.warnings += [p for p in problems if p not in result.warnings]
     reqs = [(RTM_DELADDR, 0, addr_body(index, ip)) for ip in ips]
     _record(result, ips, nl.transact(reqs), errno.EADDRNOTAVAIL)
 

@@ -85,6 +85,7 @@ def _remove_actions(ctx: Ctx, name: str, iface: InterfaceObs, remove: set[str], 
                 "(promote_secondaries is 0)",
             )
         )
+    why += " (TCP connections on them are reset first, so that their clients reconnect at once)"
     out.append(Action(Kind.REMOVE_ADDRESSES, name, why, items=tuple(ordered)))
     return out
 
