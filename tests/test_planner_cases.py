@@ -99,11 +99,13 @@ def test_removing_a_subnet_primary_with_survivors_sets_promote_secondaries_first
 def test_demotion_removes_secondaries_before_primaries_and_never_needs_promote():
     spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
     p = plan(spec, "mx1", snap("converged", "mx1"), snap("converged", "mx2"))
-    assert kinds(p)[:3] == [Kind.STOP_SERVICE, Kind.REMOVE_ADDRESSES, Kind.REMOVE_ADDRESSES]
-    v4 = [a for a in p.actions[1].items if ":" not in a]
+    # PostgreSQL stops while its clients can still hear it; then the addresses go
+    assert kinds(p)[:4] == [Kind.STOP_SERVICE, Kind.PG_STOP, Kind.REMOVE_ADDRESSES, Kind.REMOVE_ADDRESSES]
+    v4 = [a for a in p.actions[2].items if ":" not in a]
     assert len(v4) == 41 and v4[-1] == "192.0.2.10/24"  # the subnet's primary goes last
+    assert "reset first" in p.actions[2].reason
     assert Kind.SET_PROMOTE_SECONDARIES not in kinds(p)
-    assert kinds(p)[-3:] == [Kind.UNMOUNT, Kind.DRBD_SECONDARY, Kind.PG_STOP]
+    assert kinds(p)[-2:] == [Kind.UNMOUNT, Kind.DRBD_SECONDARY]
 
 
 def test_promotion_waits_for_the_shutdown_checkpoint_with_the_exact_positions():

@@ -4,8 +4,13 @@ Order on the node that must be Primary (each step guarded on the peer's observed
   DRBD up/connect -> DRBD Primary -> mount -> PostgreSQL promote (+CHECKPOINT)
   -> floating addresses added (and announced) -> services started in spec order.
 Order on any other node (demotion):
-  services stopped in reverse -> floating addresses removed -> unmount -> DRBD Secondary
-  -> DRBD up/connect -> PostgreSQL CHECKPOINT + fast stop -> rejoin as a standby.
+  services stopped in reverse -> PostgreSQL CHECKPOINT + fast stop -> floating addresses
+  removed (their TCP connections reset first) -> unmount -> DRBD Secondary
+  -> DRBD up/connect -> rejoin as a standby.
+A writable PostgreSQL stops while its addresses are still here: its clients receive its
+own "terminating connection" and FIN, new connection attempts are refused at once instead
+of vanishing (a lost SYN costs a client a 1 s retransmission), and the peer, which waits
+for this shutdown and not for the addresses, promotes while they are being removed.
 The executor runs the first action only and observes again, so a later action's own
 preconditions are those the earlier actions establish.  A role change also waits until
 both agents apply the same roles (see `agreement`).
@@ -63,5 +68,8 @@ def _secondary(ctx: Ctx) -> tuple[list[Action], list[str]]:
     addr_actions, addr_notes = net.plan_addresses(ctx)
     drbd_actions, drbd_notes = drbd.plan_drbd_secondary(ctx)
     pg_actions, pg_notes = postgres.plan_postgres(ctx)
-    actions = _services(ctx, start=False) + addr_actions + drbd.plan_unmounts(ctx) + drbd_actions + pg_actions
+    pg_stop = [a for a in pg_actions if a.kind is Kind.PG_STOP]  # see the module's docstring
+    pg_rest = [a for a in pg_actions if a.kind is not Kind.PG_STOP]
+    actions = (_services(ctx, start=False) + pg_stop + addr_actions + drbd.plan_unmounts(ctx) + drbd_actions
+               + pg_rest)
     return actions, addr_notes + drbd_notes + pg_notes
