@@ -67,6 +67,16 @@ def test_layout_refuses_bad_names() -> None:
         node("mx3")
 
 
+def test_labs_of_the_tests_and_demos_use_distinct_management_subnets() -> None:
+    # the management /24 is on the host: two labs up at once (CI's and an operator's, or the
+    # e2e tier's and the DRBD tier's) must not both claim it
+    names = ("rlab", "rlabtest", "rlabe2e", "rlabunit", "rlabdemo")
+    nets = {n: Layout(n, Path("/run/x")).mgmt_net for n in names}
+    assert nets["rlab"] == "10.250.0" and len(set(nets.values())) == len(names)
+    lay = Layout("rlabe2e", Path("/run/x"))
+    assert lay.host_mgmt_ip == f"{lay.mgmt_net}.1" and node("mx2").mgmt_ip(lay.mgmt_net) == f"{lay.mgmt_net}.12"
+
+
 def test_agent_runs_argv_with_input_timeout_and_missing_program() -> None:
     r = agent.run({"argv": ["cat"], "input": "hi\n", "timeout": 10})
     assert (r["rc"], r["stdout"], r["timed_out"]) == (0, "hi\n", False)

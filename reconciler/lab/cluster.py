@@ -31,7 +31,7 @@ from typing import Any
 from reconciler.lab.client import ExecResult, LabError
 from reconciler.lab.lab import Lab
 from reconciler.lab.provision import DEVICE, RESOURCE
-from reconciler.lab.topology import MGMT_NET, NODES
+from reconciler.lab.topology import NODES
 
 ROOT_DIR = str(Path(__file__).resolve().parents[2])
 PY = str(Path(sys.executable).parent / "python")  # the venv's python: the same path inside the VMs
@@ -45,16 +45,17 @@ SOCK = f"{BASE}/sock"
 SPEC = "/etc/reconciler/cluster.yaml"
 AGENT_LOG = "/var/log/rce2e-agent.log"
 STATE_DIR = "/var/lib/rce2e/state"
-VIP = f"{MGMT_NET}.100"
-MORE_IPS = f"{MGMT_NET}.101-{MGMT_NET}.103"
 IFACE = "eth1"
+# The floating addresses sit in the lab's management /24 (Layout.mgmt_net), which the host
+# reaches: .100 is the one the client uses, .101-.103 ride along.
+VIP_HOST, MORE_HOSTS = 100, (101, 103)
 
-HBA = f"""\
+HBA = """\
 local  all          postgres    peer map=reconciler
 local  replication  postgres    peer map=reconciler
 host   replication  replicator  10.0.0.0/24   scram-sha-256
 host   postgres     replicator  10.0.0.0/24   scram-sha-256
-host   postgres     app         {MGMT_NET}.0/24 trust
+host   postgres     app         {mgmt}.0/24 trust
 """
 IDENT = "reconciler  root      postgres\nreconciler  postgres  postgres\n"
 CONF = """
@@ -87,7 +88,13 @@ STATUS_SH = (f'p=$(cat {BASE}/app.pid 2>/dev/null) || exit 3; case "$(cut -d")" 
 PEER_TIMEOUT_S = 8.0
 
 
-def spec_text(primary: str = "mx1", fenced: tuple[str, ...] = ()) -> str:
+def floating(mgmt_net: str) -> list[str]:
+    """The floating addresses of a lab whose management /24 is `mgmt_net`, as `ip` shows them."""
+    lo, hi = MORE_HOSTS
+    return [f"{mgmt_net}.{h}/24" for h in (VIP_HOST, *range(lo, hi + 1))]
+
+
+def spec_text(mgmt_net: str, primary: str = "mx1", fenced: tuple[str, ...] = ()) -> str:
     svc = lambda verb: f"[{PY}, {SVC}, {verb}, {BASE}/app.pid]"  # noqa: E731
     nodes = "\n".join(f"  {n.name}: {{address: {n.repl_ip}}}" for n in NODES)
     return f"""# The two-VM lab cluster (reconciler.lab.cluster): the same file on mx1 and mx2.
@@ -99,8 +106,8 @@ fenced: [{', '.join(fenced)}]
 floating_ips:
   interface: {IFACE}
   addresses:
-    - {VIP}/24
-    - {MORE_IPS}/24
+    - {mgmt_net}.{VIP_HOST}/24
+    - {mgmt_net}.{MORE_HOSTS[0]}-{mgmt_net}.{MORE_HOSTS[1]}/24
 drbd:
   - name: {RESOURCE}
     device: {DEVICE}
@@ -144,6 +151,7 @@ def last_state(log: str) -> str:
 class LabCluster:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
+        self.vip = f"{lab.lay.mgmt_net}.{VIP_HOST}"
         self.password = "pw-" + secrets.token_hex(10)
         self.secret = secrets.token_hex(32)
         self.agents: dict[str, int] = {}
@@ -193,7 +201,7 @@ class LabCluster:
         pg = f"runuser -u postgres -- {PG_BIN}"
         self.sh(node, f"{pg}/initdb -D {PGDATA} -U postgres --data-checksums --auth-local=peer "
                       "--auth-host=scram-sha-256 --no-sync --no-instructions -E UTF8 --locale=C >/dev/null", 300)
-        for name, text in (("pg_hba.conf", HBA), ("pg_ident.conf", IDENT)):
+        for name, text in (("pg_hba.conf", HBA.format(mgmt=self.lab.lay.mgmt_net)), ("pg_ident.conf", IDENT)):
             self.put(node, f"{PGDATA}/{name}", text, "0600")
         self.sh(node, f"cat >> {PGDATA}/postgresql.conf; chown postgres:postgres {PGDATA}/*.conf", input_text=CONF)
         opts = f"-c listen_addresses='' -c unix_socket_directories='{SOCK}'"
@@ -208,7 +216,7 @@ class LabCluster:
 
     # ---- the spec and the agents --------------------------------------------------------------
     def set_spec(self, primary: str, fenced: tuple[str, ...] = (), nodes: tuple[str, ...] = ("mx1", "mx2")) -> None:
-        text = spec_text(primary, fenced)
+        text = spec_text(self.lab.lay.mgmt_net, primary, fenced)
         for n in nodes:
             self.put(n, SPEC, text)
 
@@ -283,8 +291,8 @@ class LabCluster:
         out = self.lab.exec(node, ["ip", "-o", "-4", "addr", "show", "dev", IFACE]).check().stdout
         return {w.split("/")[0] for line in out.splitlines() for w in line.split()[3:4]}
 
-    def holds(self, node: str, ip: str = VIP) -> bool:
-        return ip in self.addresses(node)
+    def holds(self, node: str, ip: str | None = None) -> bool:
+        return (ip or self.vip) in self.addresses(node)
 
     def rows(self, node: str) -> set[int]:
         r = self.psql(node, "SELECT id FROM writes").check()
@@ -296,7 +304,7 @@ class Writer:
     through the floating IP, reconnecting after any error, each ack recorded as (id, monotonic
     time)), in a thread and paced, so that it does not use up the Primary VM's one CPU."""
 
-    def __init__(self, host: str = VIP, pace_s: float = 0.05) -> None:
+    def __init__(self, host: str, pace_s: float = 0.05) -> None:
         self.host, self.pace_s = host, pace_s
         self._acks: list[tuple[int, float]] = []
         self._lock = threading.Lock()

@@ -3,7 +3,7 @@
 Boots mx1 and mx2 under qemu (`reconciler.lab`), provisions DRBD r0, builds the cluster of
 `reconciler.lab.cluster` (r0 on /srv/hvmail, PostgreSQL 15 on each VM's own storage, four
 floating IPs on eth1, the stand-in service), shows the plans, starts the agents inside the
-VMs, lets a client on the host commit rows through 10.250.0.100, switches over by editing
+VMs, lets a client on the host commit rows through the floating address, switches over by editing
 one line of the file on both VMs, reports the write outage and the acknowledged commits
 missing on the new primary, both nodes' status and the agents' actions, and takes the lab
 down again (always).  Takes 5-8 minutes: everything in the VMs runs under TCG emulation.
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from reconciler.lab.client import LabError
-from reconciler.lab.cluster import SPEC, STATE_DIR, VIP, LabCluster, Writer, spec_text
+from reconciler.lab.cluster import SPEC, STATE_DIR, LabCluster, Writer, spec_text
 from reconciler.lab.lab import Lab
 from reconciler.lab.provision import provision
 from reconciler.lab.topology import Layout
@@ -40,8 +40,9 @@ def run_real_drbd_demo() -> int:
     c = LabCluster(lab)
     writer: Writer | None = None
     t_start = time.monotonic()
+    net = lab.lay.mgmt_net
     say("1. Two VMs under qemu: mx1 and mx2, replication on eth0 (10.0.0.1/.2), management on eth1 "
-        "(10.250.0.11/.12, this host at 10.250.0.1)")
+        f"({net}.11/.12, this host at {net}.1)")
     try:
         print(f"lab up in {lab.up():.1f} s")  # cleans up after itself when it fails
     except LabError as e:
@@ -52,15 +53,15 @@ def run_real_drbd_demo() -> int:
         c.build("mx1")
         print("PostgreSQL 15 initialised on mx1 (stopped); mx2's data directory is empty.")
         say(f"2. The desired state, the same file on both VMs ({SPEC})")
-        sys.stdout.write(spec_text("mx1"))
+        sys.stdout.write(spec_text(net, "mx1"))
         say("3. The live plan on each node (dry run; exit 2 = changes pending)")
         for n in ("mx1", "mx2"):
             show(c, n, "plan", SPEC, "--node", n)
         say("4. Apply: start the agent in each VM (reconciler run)")
         c.start_agents()
         print(f"Both nodes converged {c.wait_converged(timeout=600):.1f} s after the agents started.")
-        say(f"5. A client on this host commits rows through the floating address {VIP}")
-        writer = Writer()
+        say(f"5. A client on this host commits rows through the floating address {c.vip}")
+        writer = Writer(c.vip)
         writer.wait_acks(50)
         print(f"{len(writer.acks())} commits acknowledged so far.")
         say("6. Switch over: the operator edits one line of the file on both VMs")

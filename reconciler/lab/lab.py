@@ -2,7 +2,7 @@
 
 `up` builds, recording each piece in STATE/lab.json as soon as it exists: the state dir (0700),
 the initramfs, netns NAME (bridges br-r, br-m; taps r1 r2 m1 m2), the host veth NAME-m0
-(10.250.0.1/24), a sparse disk per node, the two qemu.  `down` removes exactly what lab.json
+(the lab's management .1/24, see topology), a sparse disk per node, the two qemu.  `down` removes exactly what lab.json
 lists, qemu by PID; a failed `up` runs `down` itself."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from reconciler import _cmd
 from reconciler.lab import client, initrd, vm
 from reconciler.lab.client import ExecResult, LabError
-from reconciler.lab.topology import DISK_MB, HOST_MGMT_IP, NODES, Layout, Node, node
+from reconciler.lab.topology import DISK_MB, NODES, Layout, Node, node
 
 BOOT_TIMEOUT_S = 120.0
 
@@ -101,8 +101,10 @@ class Lab:
             raise LabError(f"a lab is already up in {self.lay.state} (run `down` first)")
         if _netns_exists(self.lay.netns) or _link_exists(self.lay.host_veth):
             raise LabError(f"netns {self.lay.netns} or link {self.lay.host_veth} exists but is not this lab's")
-        if _cmd.run(["ip", "-o", "addr", "show", "to", f"{HOST_MGMT_IP}/32"], timeout=10).stdout.strip():
-            raise LabError(f"{HOST_MGMT_IP} is already on a host interface (another lab is up?)")
+        mgmt = f"{self.lay.mgmt_net}.0/24"
+        if _cmd.run(["ip", "-o", "addr", "show", "to", mgmt], timeout=10).stdout.strip():
+            raise LabError(f"{mgmt} is already in use on a host interface (another lab named like "
+                           f"{self.lay.name!r}, or a leftover: `python -m reconciler.lab down` with its state dir)")
 
     def _record(self, j: Journal, file: Path | None = None, dir_: Path | None = None) -> None:
         if file is not None:
@@ -135,7 +137,7 @@ class Lab:
         j.host_veth = True
         self._record(j)
         _ip("-n", ns, "link", "set", "hostm", "master", "br-m", "up")
-        _ip("addr", "add", f"{HOST_MGMT_IP}/24", "dev", self.lay.host_veth)
+        _ip("addr", "add", f"{self.lay.host_mgmt_ip}/24", "dev", self.lay.host_veth)
         _ip("link", "set", self.lay.host_veth, "up")
 
     def _node(self, j: Journal, n: Node, vmlinuz: str) -> None:
@@ -243,7 +245,7 @@ class Lab:
         for n in NODES:
             pid = j.qemu.get(n.name)
             info: dict[str, Any] = {"qemu_pid": pid, "running": bool(pid and vm.is_ours(pid, self.lay.pidfile(n))),
-                                    "repl_ip": n.repl_ip, "mgmt_ip": n.mgmt_ip}
+                                    "repl_ip": n.repl_ip, "mgmt_ip": n.mgmt_ip(self.lay.mgmt_net)}
             res = _cmd.run(["ip", "-n", self.lay.netns, "-o", "link", "show", "dev", n.repl_tap], timeout=10)
             info["repl_link"] = "down" if ",UP" not in res.stdout and "<UP" not in res.stdout else "up"
             try:

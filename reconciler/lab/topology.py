@@ -3,20 +3,23 @@
 Replication (eth0, 10.0.0.0/24 as in specs/cluster.example.yaml) and management (eth1,
 with the host at .1) are two bridges in one network namespace; the host reaches the
 management bridge through a veth pair.  Only the host veth lives outside the namespace.
+The replication subnet is private to the namespace; the management subnet is on the host,
+so each lab name gets its own (10.250.0.0/24 for the default lab, another 10.250.N.0/24
+for any other name) and two labs, say the tests' and an operator's, can be up at once.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 DEFAULT_NAME = "rlab"
 DEFAULT_STATE = "/run/reconciler-lab"
-REPL_NET, MGMT_NET = "10.0.0", "10.250.0"
-HOST_MGMT_IP = f"{MGMT_NET}.1"
+REPL_NET = "10.0.0"
 DISK_MB = 256
 MEM_MB = 512
 DRBD_DISK = "/dev/vda"  # the only virtio disk in each VM: the DRBD backing device
@@ -31,9 +34,8 @@ class Node:
     def repl_ip(self) -> str:
         return f"{REPL_NET}.{self.index}"
 
-    @property
-    def mgmt_ip(self) -> str:
-        return f"{MGMT_NET}.{10 + self.index}"
+    def mgmt_ip(self, net: str) -> str:
+        return f"{net}.{10 + self.index}"
 
     @property
     def repl_tap(self) -> str:
@@ -73,6 +75,17 @@ class Layout:
     @property
     def netns(self) -> str:
         return self.name
+
+    @property
+    def mgmt_net(self) -> str:
+        """The first three octets of this lab's management /24 (see the module's docstring)."""
+        if self.name == DEFAULT_NAME:
+            return "10.250.0"
+        return f"10.250.{1 + zlib.crc32(self.name.encode()) % 254}"
+
+    @property
+    def host_mgmt_ip(self) -> str:
+        return f"{self.mgmt_net}.1"
 
     @property
     def host_veth(self) -> str:

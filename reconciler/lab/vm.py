@@ -24,7 +24,7 @@ AGENT = str(Path(__file__).with_name("agent.py"))
 def qemu_argv(lay: Layout, n: Node, kernel: str) -> list[str]:
     d = lay.node_dir(n)
     append = (f"console=ttyS0 panic=-1 quiet lab.host={n.name} lab.repl={n.repl_ip}/24 "
-              f"lab.mgmt={n.mgmt_ip}/24 lab.agent={AGENT}")
+              f"lab.mgmt={n.mgmt_ip(lay.mgmt_net)}/24 lab.agent={AGENT}")
     if any(c.isspace() for c in AGENT + str(d)):
         raise LabError(f"paths with spaces cannot go on the kernel command line: {AGENT}, {d}")
     return [
