@@ -124,20 +124,41 @@ def _ip_text(family: int, raw: bytes) -> str:
     return ipaddress.IPv6Address(raw).compressed
 
 
-def parse_addr_dump(data: bytes, indexes: Container[int] | None = None) -> list[AddrInfo]:
+def parse_addr_dump(
+    data: bytes, indexes: Container[int] | None = None, memo: "AddrMemo | None" = None
+) -> list[AddrInfo]:
     """Every RTM_NEWADDR in `data` (a dump or a notification stream), all scopes.
 
     `indexes` limits the result to those interfaces.  Hand-inlined: this runs over every
-    address of the host on each observation (10k addresses in ~15 ms).
+    address of the host on each observation (10k addresses: ~25 ms).  With `memo`, a
+    message byte-identical to one of the previous call's is not parsed again (~6 ms).
     """
     out: list[AddrInfo] = []
-    ifa, rta, u32 = _IFA.unpack_from, _RTA.unpack_from, _U32.unpack_from
-    for _mtype, _f, _seq, start, end in iter_messages(data):
-        if _mtype != RTM_NEWADDR:
+    seen: dict[bytes, AddrInfo | None] | None = None
+    prev: dict[bytes, AddrInfo | None] = {}
+    if memo is not None:
+        seen, prev = {}, memo.last or {}
+    ifa, rta, u32, nlh = _IFA.unpack_from, _RTA.unpack_from, _U32.unpack_from, _NLH.unpack_from
+    off, total = 0, len(data)
+    while off + 16 <= total:  # iter_messages, inlined
+        length, _mtype = nlh(data, off)[:2]
+        if length < 16 or off + length > total:
+            raise ValueError(f"truncated netlink message at offset {off}")
+        start, end = off + 16, off + length
+        off += (length + 3) & ~3
+        if _mtype != 20:  # RTM_NEWADDR
             continue
         family, plen, flags, scope, index = ifa(data, start)
         if indexes is not None and index not in indexes:
             continue
+        if seen is not None:
+            key = data[start:end]
+            hit = prev.get(key, _MISS)
+            if hit is not _MISS:
+                seen[key] = hit
+                if hit is not None:
+                    out.append(hit)
+                continue
         local = address = None
         proto = prio = None
         pos = start + 8
@@ -157,10 +178,29 @@ def parse_addr_dump(data: bytes, indexes: Container[int] | None = None) -> list[
                 prio = u32(data, pos + 4)[0]
             pos += (alen + 3) & ~3
         raw = local or address
-        if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        out.append(AddrInfo(index, family, f"{_ip_text(family, raw)}/{plen}", plen, scope, flags, proto, prio))
+        info = None
+        if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
+            info = AddrInfo(index, family, f"{_ip_text(family, raw)}/{plen}", plen, scope, flags, proto, prio)
+            out.append(info)
+        if seen is not None:
+            seen[data[start:end]] = info
+    if memo is not None:
+        memo.last = seen
     return out
+
+
+_MISS = object()
+
+
+class AddrMemo:
+    """Parsed RTM_NEWADDR bodies of the previous dump, by their bytes (see parse_addr_dump).
+
+    An address that did not change is byte-identical from one dump to the next (its
+    cacheinfo timestamps move only when it is changed).  Holds the last dump's entries
+    only, so it never outgrows the addresses actually present."""
+
+    def __init__(self) -> None:
+        self.last: dict[bytes, AddrInfo | None] | None = None
 
 
 def parse_link_dump(data: bytes) -> list[LinkInfo]:
@@ -184,6 +224,26 @@ def parse_error(data: bytes, start: int, end: int, flags: int) -> tuple[int, str
     tlv = start + 4 + (16 if flags & NLM_F_CAPPED else (orig_len + 3) & ~3)
     msg = parse_attrs(data, tlv, end).get(NLMSGERR_ATTR_MSG, b"")
     return err, msg.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def scan_dump_chunk(data: bytes, seq: int) -> tuple[bool, bool, tuple[int, str] | None]:
+    """One received chunk of a dump: (NLMSG_DONE seen, NLM_F_DUMP_INTR seen, error or None)
+    for the messages of request `seq`.  Headers only, inlined: it runs over every message."""
+    nlh, off, total = _NLH.unpack_from, 0, len(data)
+    done = intr = False
+    while off + 16 <= total:
+        length, mtype, flags, mseq, _pid = nlh(data, off)
+        if length < 16 or off + length > total:
+            raise ValueError(f"truncated netlink message at offset {off}")
+        if mseq == seq:
+            if flags & NLM_F_DUMP_INTR:
+                intr = True
+            if mtype == NLMSG_ERROR:
+                return done, intr, parse_error(data, off + 16, off + length, flags)
+            if mtype == NLMSG_DONE:
+                done = True
+        off += (length + 3) & ~3
+    return done, intr, None
 
 
 def dump_interrupted(data: bytes) -> bool:
@@ -233,26 +293,26 @@ class Netlink:
     def dump(self, msg_type: int, body: bytes, retries: int = 10) -> bytes:
         """The whole dump as concatenated messages; re-dumped while NLM_F_DUMP_INTR is set."""
         for _ in range(retries):
-            data = self._dump_once(msg_type, body)
-            if not dump_interrupted(data):
+            data, interrupted = self._dump_once(msg_type, body)
+            if not interrupted:
                 return data
         raise OSError(errno.EINTR, f"netlink dump of type {msg_type} kept changing; gave up")
 
-    def _dump_once(self, msg_type: int, body: bytes) -> bytes:
+    def _dump_once(self, msg_type: int, body: bytes) -> tuple[bytes, bool]:
         seq = self._next_seq()
         self.sock.send(pack_msg(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, body))
         chunks: list[bytes] = []
+        interrupted = False
         while True:
             data = self._recv()
             chunks.append(data)
-            for mtype, flags, mseq, start, end in iter_messages(data):
-                if mseq != seq:
-                    continue
-                if mtype == NLMSG_ERROR:
-                    code, text = parse_error(data, start, end, flags)
-                    raise OSError(code, f"netlink dump failed: {os.strerror(code)} {text}".strip())
-                if mtype == NLMSG_DONE:
-                    return b"".join(chunks)
+            done, intr, error = scan_dump_chunk(data, seq)
+            interrupted = interrupted or intr
+            if error is not None:
+                code, text = error
+                raise OSError(code, f"netlink dump failed: {os.strerror(code)} {text}".strip())
+            if done:
+                return b"".join(chunks), interrupted
 
     def transact(
         self, requests: Sequence[tuple[int, int, bytes]], window: int = 256

@@ -44,7 +44,7 @@ from reconciler.netlink import (
     parse_link_dump,
     run_in_netns,
 )
-from reconciler.observe.net import parse_interfaces, read_interfaces
+from reconciler.observe.net import ObsMemo, parse_interfaces, read_interfaces
 from tests.conftest import need_netns
 from tests.netns_pair import Pair, ip, sysctl, veth_pair
 
@@ -69,6 +69,26 @@ def test_parse_addr_dump_captured() -> None:
         (3, "2001:db8::5/64", 0, 0x82, TAG),
         (3, "fe80::ff:fe00:a/64", 253, 0x80, 3),  # kernel_ll
     ]
+
+
+def test_memoised_parse_equals_a_fresh_parse_as_the_dump_changes() -> None:
+    from reconciler.netlink import AddrMemo
+
+    data = (FIXTURES / "addr_dump.bin").read_bytes()
+    msgs = [data[s - 16 : e] for _t, _f, _s, s, e in iter_messages(data)]
+    memo = AddrMemo()
+    fresh = parse_addr_dump(data)
+    assert parse_addr_dump(data, memo=memo) == fresh  # first call: everything parsed
+    assert parse_addr_dump(data, {3}, memo=memo) == [a for a in fresh if a.index == 3]
+    # one address flips to secondary (a byte of its flags changes), one disappears
+    changed = bytearray(msgs[2])
+    changed[18] |= 0x01  # ifa_flags of 10.9.0.1/24
+    later = b"".join([*msgs[:2], bytes(changed), *msgs[4:]])
+    got = parse_addr_dump(later, memo=memo)
+    assert got == parse_addr_dump(later)
+    assert [a.address for a in got][:3] == ["127.0.0.1/8", "10.9.1.1/24", "10.9.0.1/24"]
+    assert "192.0.2.7/32" not in {a.address for a in got}
+    assert memo.last is not None and len(memo.last) == len(got)  # only the last dump is kept
 
 
 def test_parse_interfaces_captured() -> None:
@@ -98,6 +118,12 @@ def test_parse_interfaces_captured() -> None:
     )
     assert obs["lo"].addresses == () and obs["lo"].exists
     assert obs["gone0"] == InterfaceObs(exists=False, up=False)
+    # memoised: equal results, and the unchanged AddressObs objects are reused
+    memo = ObsMemo()
+    args = (["fxa", "fxb", "lo", "gone0"], links, addrs, {"fxa": False, "fxb": True, "lo": False})
+    first = parse_interfaces(*args, memo=memo)
+    second = parse_interfaces(*args, memo=memo)
+    assert first == second == obs and first["fxa"].addresses[0] is second["fxa"].addresses[0]
 
 
 def test_dump_intr_flag_and_truncation() -> None:

@@ -19,6 +19,7 @@ from reconciler.netlink import (
     RTM_GETADDR,
     RTM_GETLINK,
     AddrInfo,
+    AddrMemo,
     LinkInfo,
     Netlink,
     check_ifname,
@@ -32,12 +33,27 @@ from reconciler.netlink import (
 RT_SCOPE_UNIVERSE = 0
 
 
+class ObsMemo:
+    """What repeated observations of a mostly unchanged address list can reuse: the parsed
+    messages of the last dump (netlink.AddrMemo) and the last `AddressObs` objects (frozen,
+    so shared safely).  Pure memoisation: every observation still dumps the kernel's
+    state; nothing here is believed without it."""
+
+    def __init__(self) -> None:
+        self.addrs = AddrMemo()
+        self.obs: dict[tuple[str, bool, bool], AddressObs] = {}
+
+
+_MEMO = ObsMemo()  # the agent's process: one observer at a time
+
+
 def parse_interfaces(
     names: Iterable[str],
     links: Iterable[LinkInfo],
     addrs: Iterable[AddrInfo],
     promote: Mapping[str, bool | None],
     tag: int = IFA_PROTO_RECONCILER,
+    memo: ObsMemo | None = None,
 ) -> dict[str, InterfaceObs]:
     """Build one `InterfaceObs` per requested name from parsed link and address dumps.
 
@@ -47,12 +63,20 @@ def parse_interfaces(
     by_name = {link.name: link for link in links}
     wanted = {by_name[n].index: n for n in names if n in by_name}
     found: dict[str, list[AddressObs]] = {n: [] for n in wanted.values()}
+    prev = memo.obs if memo is not None else {}
+    made: dict[tuple[str, bool, bool], AddressObs] = {}
     for a in addrs:
         name = wanted.get(a.index)
         if name is None or a.scope != RT_SCOPE_UNIVERSE:
             continue
-        secondary = a.family == socket.AF_INET and bool(a.flags & IFA_F_SECONDARY)
-        found[name].append(AddressObs(address=a.address, owned=a.proto == tag, secondary=secondary))
+        key = (a.address, a.proto == tag, a.family == socket.AF_INET and bool(a.flags & IFA_F_SECONDARY))
+        obs = prev.get(key)
+        if obs is None:
+            obs = AddressObs(address=key[0], owned=key[1], secondary=key[2])
+        made[key] = obs
+        found[name].append(obs)
+    if memo is not None:
+        memo.obs = made
     out: dict[str, InterfaceObs] = {}
     for name in names:
         link = by_name.get(name)
@@ -88,24 +112,28 @@ def read_promote_secondaries(name: str) -> bool | None:
     return own or bool(_read_sysctl_flag("/proc/sys/net/ipv4/conf/all/promote_secondaries"))
 
 
-def dump_links_and_addrs(nl: Netlink, names: Iterable[str]) -> tuple[list[LinkInfo], list[AddrInfo]]:
+def dump_links_and_addrs(
+    nl: Netlink, names: Iterable[str], memo: AddrMemo | None = None
+) -> tuple[list[LinkInfo], list[AddrInfo]]:
     """All links, and the addresses (every scope) of the links named `names`."""
     links = parse_link_dump(nl.dump(RTM_GETLINK, ifinfomsg()))
     wanted = set(names)
     indexes = {link.index for link in links if link.name in wanted}
-    addrs = parse_addr_dump(nl.dump(RTM_GETADDR, ifaddrmsg()), indexes)
+    addrs = parse_addr_dump(nl.dump(RTM_GETADDR, ifaddrmsg()), indexes, memo)
     return links, addrs
 
 
-def _read_here(names: list[str]) -> dict[str, InterfaceObs]:
+def _read_here(names: list[str], memo: ObsMemo | None) -> dict[str, InterfaceObs]:
     with Netlink() as nl:
-        links, addrs = dump_links_and_addrs(nl, names)
+        links, addrs = dump_links_and_addrs(nl, names, memo.addrs if memo is not None else None)
     present = {link.name for link in links}
     promote = {n: read_promote_secondaries(n) for n in names if n in present}
-    return parse_interfaces(names, links, addrs, promote)
+    return parse_interfaces(names, links, addrs, promote, memo=memo)
 
 
 def read_interfaces(names: list[str], netns: str | None = None) -> dict[str, InterfaceObs]:
-    """Observe `names` (missing ones as `exists=False`), in `netns` or the current namespace."""
+    """Observe `names` (missing ones as `exists=False`), in `netns` or the current namespace.
+
+    In the current namespace, the parse is memoised across calls (`ObsMemo`)."""
     names = [check_ifname(n) for n in names]
-    return run_in_netns(netns, _read_here, names)
+    return run_in_netns(netns, _read_here, names, _MEMO if netns is None else None)
