@@ -125,6 +125,10 @@ def test_promotion_waits_for_the_shutdown_checkpoint_with_the_exact_positions():
 
 def test_unreachable_peer_blocks_promotion_unless_fenced():
     own = snap("mid-switchover", "mx2")
+    # the peer is gone: its agent does not answer and DRBD lost the connection
+    r0 = own.drbd["r0"].model_copy(update={"connection": "WFConnection", "peer_role": "Unknown",
+                                           "peer_disk": "DUnknown"})
+    own = own.model_copy(update={"drbd": {"r0": r0}})
     spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
     p = plan(spec, "mx2", own, None)
     assert p.actions[0].blocked and "fenced: [mx1]" in p.actions[0].waiting_on[0]
