@@ -139,35 +139,56 @@ except psycopg.Error as e:
 """
 
 
-def test_a_query_in_flight_across_the_switchover_is_ended_not_left_hanging(cluster):
-    # The old Primary removes the floating address before PostgreSQL stops: without the
-    # connection reset, the backend's reply and FIN have no source address left and the
-    # client waits for its TCP keepalive (hours).  The reset ends the wait at once.
-    c = cluster
-    c.wait_converged(120)
-    p = subprocess.Popen(["ip", "netns", "exec", c.ns["cl"], PY, "-c", IN_FLIGHT, VIP], cwd=ROOT_DIR,
+def _in_flight(c: TwoNode, host: str) -> subprocess.Popen:
+    p = subprocess.Popen(["ip", "netns", "exec", c.ns["cl"], PY, "-c", IN_FLIGHT, host], cwd=ROOT_DIR,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "connected", p.stderr.read() if p.stderr else ""
+    time.sleep(0.5)  # the query is running
+    return p
+
+
+def _ended(p: subprocess.Popen, what: str, t0: float) -> tuple[str, float]:
     try:
-        assert p.stdout is not None and p.stdout.readline().strip() == "connected"
-        time.sleep(0.5)  # the query is running on mx1
-        t0 = time.monotonic()
-        c.set_primary("mx2")
-        try:
-            out, err = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the client with a query in flight is still waiting 60 s after the switchover began")
-        waited = time.monotonic() - t0
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the client with a query in flight is still waiting 60 s after {what}")
     finally:
         if p.poll() is None:
             p.kill()
             p.wait(5)
     assert out.startswith("error "), f"client: {out!r} {err!r}"
-    print(f"\nin-flight query ended {waited:.2f} s after the edit: {out.strip()}")
+    return out.strip(), time.monotonic() - t0
+
+
+def test_a_query_in_flight_is_ended_not_left_hanging(cluster):
+    # Once a floating address is gone, a connection on it can send nothing: a client waiting
+    # for a reply would wait for its TCP keepalive (hours).  On a switchover PostgreSQL stops
+    # while its addresses are still here, so it says goodbye itself; when an address goes
+    # while PostgreSQL runs on, the connections on it are reset first.
+    c = cluster
+    c.wait_converged(120)
+    p = _in_flight(c, VIP)
+    t0 = time.monotonic()
+    c.set_primary("mx2")
+    out, waited = _ended(p, "the switchover began", t0)
+    assert "AdminShutdown" in out or "closed" in out, out
+    print(f"\nswitchover: the in-flight query ended {waited:.2f} s after the edit: {out}")
     wait_for(lambda: holds(c, "mx2", VIP) and c.status_json("mx2")["postgres"]["in_recovery"] is False, 60,
              "mx2 primary")
     c.wait_converged(60)
-    assert any("TCP connection(s) on them reset" in line for line in c.agent_log("mx1").splitlines())
+
+    # an edit drops 10.101.0.1-3 from the spec while mx2 stays Primary
+    in_ns(c.ns["cl"], "ip", "route", "add", "10.101.0.0/16", "dev", "eth0")
+    p = _in_flight(c, "10.101.0.3")
+    t0 = time.monotonic()
+    c.n_ips = 1
+    c.set_primary("mx2")
+    out, waited = _ended(p, "its address was dropped from the spec", t0)
+    print(f"address dropped: the in-flight query ended {waited:.2f} s after the edit: {out}")
+    wait_for(lambda: not holds(c, "mx2", "10.101.0.3"), 30, "10.101.0.3 removed")
+    assert any("1 TCP connection(s) on them reset" in line for line in c.agent_log("mx2").splitlines())
+    assert c.status_json("mx2")["postgres"]["in_recovery"] is False and holds(c, "mx2", VIP)
 
 
 def test_drift_is_healed_and_foreign_addresses_left_alone(cluster):
