@@ -111,8 +111,9 @@ def _json_twonode(n_ips: int, services: bool = True):  # noqa: ANN202
 
     class JsonTwoNode(TwoNode):
         """TwoNode whose agents log JSON (ts with ms, duration_s per action); without
-        `services`, its spec has no `services:` (the fixture's service is a Python script
-        whose status check, one interpreter start, is part of every observation)."""
+        `services`, its spec has no `services:` (the fixture's service is a Python script;
+        its status check, part of every observation, is `pgrep -F`, about as cheap as
+        `systemctl is-active`; its start and stop are one interpreter start each)."""
 
         def spec_text(self, primary: str, fenced: tuple[str, ...] = (), drift_s: float = 1.0) -> str:
             text = super().spec_text(primary, fenced, drift_s)
