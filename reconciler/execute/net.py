@@ -40,6 +40,7 @@ from reconciler.netlink import (
     pack_attr,
     run_in_netns,
 )
+from reconciler.addrtext import fast_v4, interface
 from reconciler.observe.net import dump_links_and_addrs, read_promote_secondaries
 from reconciler.sockdiag import reset_connections
 
@@ -87,8 +88,17 @@ def parse_items(items: Iterable[str]) -> list[IPIface]:
     for item in items:
         if not isinstance(item, str) or "/" not in item:
             raise ValueError(f"not an address with a prefix length: {item!r}")
+        text = item.strip()
+        fast = fast_v4(text)
+        if fast is not None:  # canonical IPv4 (what the planner hands over): checked without ipaddress
+            n, _plen = fast
+            if n >> 28 == 0xE or n == 0:
+                raise ValueError(f"not a unicast address: {item!r}")
+            if text not in out:
+                out[text] = ipaddress.IPv4Interface(fast)
+            continue
         try:
-            ip = ipaddress.ip_interface(item.strip())
+            ip = interface(text)
         except ValueError:
             raise ValueError(f"not an address with a prefix length: {item!r}") from None
         if ip.ip.is_multicast or ip.ip.is_unspecified:
@@ -197,7 +207,7 @@ def _secondaries_by_subnet(present: dict[str, AddrInfo]) -> dict[tuple[str, int]
     groups: dict[tuple[str, int], list[str]] = {}
     for a in present.values():
         if a.family == socket.AF_INET and a.flags & IFA_F_SECONDARY:
-            key = (str(ipaddress.ip_interface(a.address).network), a.prefixlen)
+            key = (str(interface(a.address).network), a.prefixlen)
             groups.setdefault(key, []).append(a.address)
     return groups
 

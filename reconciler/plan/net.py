@@ -11,8 +11,7 @@ Rules enforced here:
 
 from __future__ import annotations
 
-import ipaddress
-
+from reconciler.addrtext import interface, sort_key
 from reconciler.model import AddressObs, InterfaceObs, NodeObservation
 from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan.context import Ctx
@@ -22,9 +21,7 @@ def _ip(addr: str) -> str:
     return addr.split("/", 1)[0]
 
 
-def _sort_key(addr: str) -> tuple[int, int, int]:
-    iface = ipaddress.ip_interface(addr)
-    return (iface.version, int(iface.ip), iface.network.prefixlen)
+_sort_key = sort_key  # (version, integer, prefix length): numeric order
 
 
 def peer_ips(peer: NodeObservation | None) -> dict[str, str]:
@@ -57,13 +54,13 @@ def _removal_order(iface: InterfaceObs, remove: set[str]) -> tuple[list[str], bo
     # with a prefix length that can match: testing each removal against every survivor
     # was O(removed x surviving), minutes for a spec edit dropping 5,000 of 10,000.
     removed_nets = {
-        ipaddress.ip_interface(addr).network
+        interface(addr).network
         for addr in remove
         if ":" not in addr and not by_addr[addr].secondary and not addr.endswith("/32")
     }
     plens = {f"/{n.prefixlen}" for n in removed_nets}
     need_promote = bool(plens) and any(
-        ipaddress.ip_interface(a.address).network in removed_nets
+        interface(a.address).network in removed_nets
         for a in iface.addresses
         if a.address not in remove and ":" not in a.address and a.address[a.address.rfind("/"):] in plens
     )

@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import json
 
+from reconciler.addrtext import sort_key
 from reconciler.model import NodeObservation
 from reconciler.plan.actions import Action, Kind, Plan
 
@@ -44,13 +45,13 @@ def _runs(items: tuple[str, ...]) -> list[tuple[str, str, int, int]]:
     """Contiguous runs of addresses with the same prefix: (first, last, prefix, count)."""
     runs: list[list] = []
     for a in items:
-        iface = ipaddress.ip_interface(a)
-        n, plen = int(iface.ip), iface.network.prefixlen
+        version, n, plen = sort_key(a)
+        text = ".".join(map(str, n.to_bytes(4, "big"))) if version == 4 else str(ipaddress.IPv6Address(n))
         last = runs[-1] if runs else None
-        if last and last[2] == plen and last[4] == iface.version and last[5] + 1 == n:
-            last[1], last[5], last[3] = str(iface.ip), n, last[3] + 1
+        if last and last[2] == plen and last[4] == version and last[5] + 1 == n:
+            last[1], last[5], last[3] = text, n, last[3] + 1
         else:
-            runs.append([str(iface.ip), str(iface.ip), plen, 1, iface.version, n])
+            runs.append([text, text, plen, 1, version, n])
     return [(r[0], r[1], r[2], r[3]) for r in runs]
 
 
