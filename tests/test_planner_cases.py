@@ -166,6 +166,33 @@ def test_diverged_former_primary_is_rewound_only_when_declared_fenced():
     assert a.kind is Kind.PG_REWIND and not a.blocked
 
 
+def test_two_primaries_on_one_timeline_number_need_a_reclone_not_a_rewind():
+    # mx1 shut down cleanly as a primary on timeline 2; mx2 is a primary on (another) timeline 2
+    mine = _former_primary("0/30391A0").model_copy(update={"checkpoint_timeline": 2})
+    own = snap("converged", "mx2").model_copy(update={"node": "mx1", "postgres": mine})
+    peer = snap("converged", "mx1").model_copy(update={"node": "mx2", "postgres": _new_primary("0/30391A0")})
+    fenced = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 ", "\nfenced: []": "\nfenced: [mx1]"})
+    a = plan(fenced, "mx1", own, peer).actions[-1]
+    assert a.kind is Kind.PG_CLONE and a.blocked and "needs re-clone" in a.waiting_on[0]
+    assert "Move /var/lib/postgresql/15/main aside" in a.waiting_on[0] or "aside" in a.waiting_on[0]
+    # not fenced: the operator decides, as before
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    a = plan(spec, "mx1", own, peer).actions[-1]
+    assert a.kind is Kind.PG_START_STANDBY and a.blocked and "both were primary on timeline 2" in a.waiting_on[0]
+
+
+def test_a_fenced_former_primary_waits_for_a_running_primary_before_rejoining():
+    own = snap("converged", "mx2").model_copy(update={"node": "mx1", "postgres": _former_primary("0/30391A0")})
+    stopped = PostgresObs(running=False, cluster_state="shut down in recovery", checkpoint_lsn="0/3039128",
+                          checkpoint_timeline=1)
+    peer = snap("converged", "mx1").model_copy(update={"node": "mx2", "postgres": stopped})
+    fenced = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 ", "\nfenced: []": "\nfenced: [mx1]"})
+    a = plan(fenced, "mx1", own, peer).actions[-1]
+    assert a.kind is Kind.PG_START_STANDBY and a.blocked and "declared fenced" in a.waiting_on[0]
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})  # not fenced: it may serve mx2 its WAL
+    assert not plan(spec, "mx1", own, peer).actions[-1].blocked
+
+
 def test_crashed_former_primary_is_recovered_never_started_as_a_standby():
     crashed = PostgresObs(running=False, cluster_state="in production", checkpoint_lsn="0/3000028", checkpoint_timeline=1)
     own = snap("converged", "mx2").model_copy(update={"node": "mx1", "postgres": crashed})

@@ -167,7 +167,8 @@ def _running_standby(ctx: Ctx, o: PostgresObs, src: str | None, params, src_pg) 
 
 
 def _crashed_former_primary(ctx: Ctx, o: PostgresObs, params, src_pg) -> list[Action]:
-    if ctx.me_fenced and src_pg is not None and pos.is_writable(src_pg):
+    if (ctx.me_fenced and src_pg is not None and pos.is_writable(src_pg)
+            and o.checkpoint_timeline != src_pg.timeline):  # one timeline number: see _needs_reclone
         return _rewind_or_block(ctx, o, params, src_pg, f"whatever {ctx.me} wrote after the fork (at least {pos.fmt(pos.lsn(o.checkpoint_lsn))} was reached)")[0]
     return [Action(Kind.PG_CRASH_RECOVER, PG, f"PostgreSQL stopped uncleanly as a primary ({o.cluster_state}): recover it in single-user mode (no clients), never start it straight as a standby")]
 
@@ -185,9 +186,19 @@ def _clean_former_primary(ctx: Ctx, o: PostgresObs, src, params, src_pg, known) 
             return [start], []
         if verdict == "diverged":
             return _rewind_or_block(ctx, o, params, src_pg, detail)
+        if ctx.me_fenced and o.checkpoint_timeline == src_pg.timeline:
+            return [_needs_reclone(ctx, o, src, params)], []
         if ctx.me_fenced:  # written off by the operator: pg_rewind finds the real fork point itself
             return _rewind_or_block(ctx, o, params, src_pg, f"whatever {ctx.me} wrote after the fork ({detail})")
         g = Guard("rejoin_decidable", False, f"cannot tell whether {ctx.me} can follow {src}: {detail}")
+        return [Action(Kind.PG_START_STANDBY, PG, start.reason, guards=(g,), params=params)], []
+    if ctx.me_fenced and not src_pg.data_dir_empty:
+        # A fenced node is written off: nobody waits for its WAL, and it rejoins only once it
+        # can be checked against a running primary (started as a standby of anything else, it
+        # could sit on a fork of that primary's timeline that nothing would ever notice).
+        # Unless the source has no data at all: then this node is the only copy to clone.
+        g = Guard("source_writable", False, f"{ctx.me} is declared fenced: it rejoins once {src} runs as the primary "
+                                            "and its history can be checked against it")
         return [Action(Kind.PG_START_STANDBY, PG, start.reason, guards=(g,), params=params)], []
     theirs = pos.running_standby_position(src_pg)
     mine = pos.clean_shutdown_position(o)
@@ -196,6 +207,23 @@ def _clean_former_primary(ctx: Ctx, o: PostgresObs, src, params, src_pg, known) 
         return [Action(Kind.PG_START_STANDBY, PG, start.reason, guards=(g,), params=params)], []
     idle = f"start as a standby so that {src} can stream the WAL it may lack from here"
     return [Action(Kind.PG_START_STANDBY, PG, idle, params=params)], []
+
+
+def _needs_reclone(ctx: Ctx, o: PostgresObs, src: str | None, params) -> Action:
+    """Both nodes were primary on one timeline number: PostgreSQL picks the next number from
+    the history files it knows, and a standby promoted without having seen the other's
+    promotion reuses it.  pg_rewind compares timeline numbers ("source and target cluster
+    are on the same timeline": nothing to rewind), so only a fresh clone is safe, and that
+    is the operator's call: the plan says so and stops."""
+    tl = o.checkpoint_timeline
+    cfg = ctx.spec.spec.postgres
+    data = cfg.data_dir.replace("{node}", ctx.me) if cfg is not None else "the data directory"
+    g = Guard("target_empty", False,
+              f"needs re-clone: {ctx.me} and {src} were both primary on timeline {tl}, two different histories under "
+              f"one number that pg_rewind cannot tell apart. Move {data} aside (it keeps what {ctx.me} wrote on its "
+              f"timeline {tl}) and leave an empty directory: the agent then clones it from {src}")
+    return Action(Kind.PG_CLONE, PG, f"{ctx.me} cannot follow {src} and cannot be rewound", guards=(g,), params=params,
+                  loses=f"this node's timeline {tl} (kept in the moved-aside copy)")
 
 
 def _rewind_or_block(ctx: Ctx, o: PostgresObs, params, src_pg: PostgresObs, lost: str) -> tuple[list[Action], list[str]]:

@@ -103,8 +103,12 @@ def _rewind(world: World, spec: LoadedSpec, node: Node, a: Action) -> None:
         raise Refused("source not a reachable primary")
     if src.pg.control_tli != src.pg.tli:
         raise Refused("source has not checkpointed since promotion")
-    pg.wal, pg.history = list(src.pg.wal), list(src.pg.history)
-    pg.state, pg.standby_signal, pg.follows = "in archive recovery", True, _follows(a)
+    if pg.tli != src.pg.tli:
+        pg.wal, pg.history = list(src.pg.wal), list(src.pg.history)
+        pg.state = "in archive recovery"
+    # else: real pg_rewind compares timeline numbers only: "source and target cluster are on
+    # the same timeline", nothing is rewound (even when they are two forks under one number)
+    pg.standby_signal, pg.follows = True, _follows(a)
 
 
 def _clone(world: World, spec: LoadedSpec, node: Node, a: Action) -> None:

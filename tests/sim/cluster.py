@@ -165,6 +165,16 @@ class SimCluster:
                         d.data = list(win.data)
                     d.standalone = d.split_brain = False
 
+    def operator_reclone(self) -> None:
+        """What the plan tells the operator when a node needs re-cloning: move its data
+        directory aside and leave an empty one (the agent then clones into it)."""
+        for name, node in self.world.nodes.items():
+            if not node.on or node.pg.running:
+                continue
+            p = self.plan_for(name)
+            if any(g.name == "target_empty" and not g.holds for a in p.actions for g in a.guards):
+                node.pg = type(node.pg)(empty=True)
+
     # ---- safety ---------------------------------------------------------------------------
 
     def check_safety(self) -> list[str]:
