@@ -22,6 +22,7 @@ import socket
 import struct
 from typing import Iterable, NamedTuple
 
+from reconciler.addrtext import v4_int
 from reconciler.netlink import Netlink, iter_messages
 
 NETLINK_SOCK_DIAG = 4
@@ -95,6 +96,9 @@ def parse_diag_dump(data: bytes) -> list[TcpConn]:
 
 
 def _canonical(addr: str) -> tuple[int, str]:
+    text = addr.split("/", 1)[0]
+    if v4_int(text) is not None:  # canonical IPv4: the common case, thousands at a time
+        return socket.AF_INET, text
     ip = ipaddress.ip_interface(addr).ip  # 'ADDR' or 'ADDR/PLEN'
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return socket.AF_INET, str(ip.ipv4_mapped)

@@ -41,7 +41,7 @@ from reconciler.netlink import (
     run_in_netns,
 )
 from reconciler.addrtext import fast_v4, interface
-from reconciler.observe.net import dump_links_and_addrs, read_promote_secondaries
+from reconciler.observe.net import dump_links_and_addrs, parse_memo, read_promote_secondaries
 from reconciler.sockdiag import reset_connections
 
 # The ownership tag (IFA_PROTO, u8): 0x9d = 157.  See reconciler.netlink.IFA_PROTO_RECONCILER.
@@ -174,7 +174,7 @@ def _add_here(iface: str, ips: list[IPIface]) -> NetResult:
 
 
 def _present(nl: Netlink, iface: str) -> tuple[int | None, dict[str, AddrInfo]]:
-    links, addrs = dump_links_and_addrs(nl, [iface])
+    links, addrs = dump_links_and_addrs(nl, [iface], parse_memo())
     index = next((link.index for link in links if link.name == iface), None)
     return index, {a.address: a for a in addrs if a.index == index}
 

@@ -47,6 +47,12 @@ class ObsMemo:
 _MEMO = ObsMemo()  # the agent's process: one observer at a time
 
 
+def parse_memo() -> AddrMemo:
+    """The process's memo of parsed address messages (pure: identical bytes, identical
+    parse, whatever namespace they came from); the executor's re-reads share it."""
+    return _MEMO.addrs
+
+
 def parse_interfaces(
     names: Iterable[str],
     links: Iterable[LinkInfo],
