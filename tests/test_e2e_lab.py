@@ -314,8 +314,9 @@ def test_3_link_cut_primary_keeps_serving_and_secondary_waits_for_fencing(story:
     since = c.offsets()
     c.set_spec("mx1")
     # mx2 steps down on its own (it needs nobody for that); mx1 must not promote without mx2's state
-    c.wait_log("mx2 to stop PostgreSQL and mx1 to wait for fencing",
-               lambda logs: lines(logs["mx2"], "fast shutdown: ok")
+    # (its last demotion step is DRBD Secondary: PostgreSQL stops first, then the addresses go)
+    c.wait_log("mx2 to step down and mx1 to wait for fencing",
+               lambda logs: lines(logs["mx2"], "fast shutdown: ok") and lines(logs["mx2"], "Primary -> Secondary: ok")
                and lines(logs["mx1"], "waiting:", "fenced: [mx2]"), since, 300)
     r.acks_mx2_after_cut = {i for i, _ in w.acks()[n_before:]}
     st = c.statuses()  # and a while later (these calls take tens of seconds in the VMs) it still has not
