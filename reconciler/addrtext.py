@@ -11,25 +11,23 @@ goes to `ipaddress`, so every result, and every error, is `ipaddress`'s own
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Union
 
 IPIface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 
 
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_V4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
 def v4_int(ip: str) -> int | None:
     """The integer of a canonical dotted-quad ('10.0.0.1'), or None if it is not one."""
-    parts = ip.split(".")
-    if len(parts) != 4:
+    m = _V4.fullmatch(ip)
+    if m is None:
         return None
-    n = 0
-    for p in parts:
-        if not (p.isascii() and p.isdigit()) or len(p) > 3 or (len(p) > 1 and p[0] == "0"):
-            return None
-        v = int(p)
-        if v > 255:
-            return None
-        n = n << 8 | v
-    return n
+    a, b, c, d = m.groups()
+    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
 
 
 def fast_v4(addr: str) -> tuple[int, int] | None:
