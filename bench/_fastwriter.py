@@ -7,7 +7,7 @@ acknowledged commit (`id monotonic_time`) until the stop file appears.
 50 ms TCP connect (every 10 ms), unacknowledged data kills the connection after 200 ms
 (tcp_user_timeout) and a silent peer after ~2 s (keepalives): its outage is the cluster's,
 without the client's SYN backoff.  `plain` is exactly the test suite's writer
-(reconciler/demo/writer.py: connect_timeout=1, libpq defaults otherwise), with ids from
+(reconciler/demo/writer.py: connect_timeout=1, libpq defaults otherwise; the loop is its `commit_rows`), with ids from
 ID_BASE so that it can replace a hung one on the same table.
 """
 
@@ -19,6 +19,8 @@ import sys
 import time
 
 import psycopg
+
+from reconciler.demo.writer import commit_rows
 
 
 def reachable(host: str) -> bool:
@@ -33,28 +35,16 @@ def main() -> int:
     host, out, stop, base = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     fast = (sys.argv[5] if len(sys.argv) > 5 else "fast") == "fast"
     opts = dict(tcp_user_timeout=200, keepalives_idle=1, keepalives_interval=1, keepalives_count=1) if fast else {}
-    i = base
-    conn = None
+
+    def connect() -> psycopg.Connection | None:
+        if fast and not reachable(host):
+            return None
+        return psycopg.connect(host=host, port=5432, user="app", dbname="postgres",
+                               connect_timeout=2 if fast else 1, autocommit=True, **opts)
+
     with open(out, "a", buffering=1) as log:
-        while not os.path.exists(stop):
-            try:
-                if conn is None:
-                    if fast and not reachable(host):
-                        time.sleep(0.01)
-                        continue
-                    conn = psycopg.connect(host=host, port=5432, user="app", dbname="postgres",
-                                           connect_timeout=2 if fast else 1, autocommit=True, **opts)
-                i += 1
-                conn.execute("INSERT INTO writes (id) VALUES (%s)", (i,))
-                log.write(f"{i} {time.monotonic():.6f}\n")
-            except psycopg.Error:
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except psycopg.Error:
-                        pass
-                conn = None
-                time.sleep(0.01)
+        commit_rows(connect, lambda i: log.write(f"{i} {time.monotonic():.6f}\n"), lambda: os.path.exists(stop),
+                    first_id=base)
     return 0
 
 

@@ -36,6 +36,19 @@ def need_netns() -> None:
 PG_BIN = os.environ.get("RECONCILER_PG_BIN", "/usr/lib/postgresql/15/bin")
 
 
+def need_lab() -> None:
+    """What the two-VM lab (reconciler.lab) needs on the host."""
+    from reconciler.lab import initrd
+
+    need_root()
+    need(shutil.which("qemu-system-x86_64") is not None, "needs qemu-system-x86 (scripts/setup installs it)")
+    need(os.path.exists(initrd.BUSYBOX), "needs busybox-static")
+    try:
+        initrd.find_kernel()
+    except FileNotFoundError as e:
+        need(False, str(e))
+
+
 def need_postgres() -> None:
     need_root()
     need(os.path.exists(os.path.join(PG_BIN, "pg_ctl")), f"needs PostgreSQL 15 in {PG_BIN}")

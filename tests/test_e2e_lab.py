@@ -31,14 +31,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.lab import initrd
 from reconciler.lab.client import LabError
 from reconciler.lab.cluster import BASE, MOUNT, PG_BIN, PY, LabCluster, Writer, floating, last_state
 from reconciler.lab.lab import Lab
 from reconciler.lab.provision import DEVICE, RESOURCE, observe, provision
 from reconciler.lab.topology import DRBD_DISK, Layout
 from reconciler.model import DrbdObs
-from tests.conftest import need, need_root
+from tests.conftest import need, need_lab
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +48,7 @@ STATUS = {"sh_status": ["drbdsetup", "sh-status", RESOURCE], "events2": ["drbdse
 
 
 def _need_lab() -> None:
-    need_root()
-    need(shutil.which("qemu-system-x86_64") is not None, "needs qemu-system-x86 (scripts/setup installs it)")
-    need(os.path.exists(initrd.BUSYBOX), "needs busybox-static")
-    try:
-        initrd.find_kernel()
-    except FileNotFoundError as e:
-        need(False, str(e))
+    need_lab()
     need(os.path.exists(f"{PG_BIN}/pg_ctl"), f"needs PostgreSQL 15 in {PG_BIN} (the VMs share the host's root)")
     need(shutil.which("drbdadm") is not None, "needs drbd-utils")
 

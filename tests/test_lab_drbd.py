@@ -8,8 +8,6 @@ what the driver observed or returned in the VM.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -19,31 +17,20 @@ from typing import Any
 import pytest
 
 from reconciler.execute.drbd import RETRY_DELAYS_S
-from reconciler.lab import initrd
 from reconciler.lab.client import LabError
 from reconciler.lab.lab import Lab
 from reconciler.lab.provision import DEVICE, RESOURCE, observe, provision
 from reconciler.lab.topology import Layout
-from tests.conftest import need, need_root
+from tests.conftest import need_lab
 
 pytestmark = pytest.mark.slow
 PY = str(Path(sys.executable).parent / "python")
 MNT = "/mnt/r0"
 
 
-def _need_lab() -> None:
-    need_root()
-    need(shutil.which("qemu-system-x86_64") is not None, "needs qemu-system-x86 (scripts/setup installs it)")
-    need(os.path.exists(initrd.BUSYBOX), "needs busybox-static")
-    try:
-        initrd.find_kernel()
-    except FileNotFoundError as e:
-        need(False, str(e))
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    _need_lab()
+    need_lab()
     lab = Lab(Layout("rlabtest", tmp_path_factory.mktemp("lab")))
     t0 = time.monotonic()
     try:

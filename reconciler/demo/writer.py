@@ -2,6 +2,9 @@
 acknowledged commit (`id monotonic_time`), until the stop file appears.
 
     writer.py HOST OUTFILE STOPFILE
+
+`commit_rows` is the loop itself, shared with the lab's in-process writer
+(reconciler.lab.cluster.Writer) and the benchmark's fast client (bench/_fastwriter.py).
 """
 
 from __future__ import annotations
@@ -9,31 +12,64 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Callable
 
 import psycopg
 
 
-def main() -> int:
-    host, out, stop = sys.argv[1:4]
-    i = 0
-    conn = None
-    with open(out, "a", buffering=1) as log:
-        while not os.path.exists(stop):
+def commit_rows(
+    connect: Callable[[], "psycopg.Connection | None"],
+    acked: Callable[[int], None],
+    stopped: Callable[[], bool],
+    *,
+    first_id: int = 0,
+    pace_s: float = 0.0,
+    retry_s: float = 0.01,
+    wait: Callable[[float], object] = time.sleep,
+) -> None:
+    """One autocommit INSERT per row until `stopped()`; `acked(id)` after each commit.
+
+    Any error drops the connection and `connect()` runs again (None: not yet, wait and
+    retry).  An id whose INSERT failed is never reused: it may have committed unseen."""
+    i, conn = first_id, None
+    try:
+        while not stopped():
             try:
                 if conn is None:
-                    conn = psycopg.connect(host=host, port=5432, user="app", dbname="postgres",
-                                           connect_timeout=1, autocommit=True)
+                    conn = connect()
+                    if conn is None:
+                        wait(retry_s)
+                        continue
                 i += 1
                 conn.execute("INSERT INTO writes (id) VALUES (%s)", (i,))
-                log.write(f"{i} {time.monotonic():.6f}\n")
+                acked(i)
+                if pace_s:
+                    wait(pace_s)
             except psycopg.Error:
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except psycopg.Error:
-                        pass
+                _close(conn)
                 conn = None
-                time.sleep(0.01)
+                wait(retry_s)
+    finally:
+        _close(conn)
+
+
+def _close(conn: "psycopg.Connection | None") -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
+
+
+def main() -> int:
+    host, out, stop = sys.argv[1:4]
+    with open(out, "a", buffering=1) as log:
+        commit_rows(
+            lambda: psycopg.connect(host=host, port=5432, user="app", dbname="postgres", connect_timeout=1,
+                                    autocommit=True),
+            lambda i: log.write(f"{i} {time.monotonic():.6f}\n"),
+            lambda: os.path.exists(stop),
+        )
     return 0
 
 

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from reconciler.demo.cluster import IDENT, SETUP_SQL  # the same roles and table as the namespace demo
 from reconciler.lab.client import ExecResult, LabError
 from reconciler.lab.lab import Lab
 from reconciler.lab.provision import DEVICE, RESOURCE
@@ -57,7 +58,6 @@ host   replication  replicator  10.0.0.0/24   scram-sha-256
 host   postgres     replicator  10.0.0.0/24   scram-sha-256
 host   postgres     app         {mgmt}.0/24 trust
 """
-IDENT = "reconciler  root      postgres\nreconciler  postgres  postgres\n"
 CONF = """
 listen_addresses = '*'
 shared_buffers = '32MB'
@@ -67,22 +67,8 @@ wal_retrieve_retry_interval = '200ms'
 wal_receiver_status_interval = '1s'
 log_line_prefix = '%m [%p] '
 """
-SETUP_SQL = [
-    "CREATE ROLE replicator LOGIN REPLICATION PASSWORD '{pw}'",
-    "CREATE ROLE app LOGIN",
-    "CREATE TABLE writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
-    "GRANT INSERT, SELECT ON writes TO app",
-    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO replicator",
-    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO replicator",
-    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO replicator",
-    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO replicator",
-]
 
 
-# svc_daemon.py's own `status` check in sh: the agent runs it on every observation, and a
-# python start costs 1-2 s under TCG (which would make each observation that much slower).
-STATUS_SH = (f'p=$(cat {BASE}/app.pid 2>/dev/null) || exit 3; case "$(cut -d")" -f2 /proc/$p/stat 2>/dev/null)" in '
-             '" "[RSDTtWIP]*) grep -qs svc_daemon.py /proc/$p/cmdline && exit 0;; esac; exit 3')
 # One observation takes 1-5 s in the VMs; the peer's 1 s default fetch timeout would make
 # each agent see the other as unreachable most of the time (reconciler.agent.peering).
 PEER_TIMEOUT_S = 8.0
@@ -126,7 +112,7 @@ services:
     commands:
       start: [/usr/bin/env, -C, {MOUNT}, {PY}, {SVC}, start, {BASE}/app.pid]
       stop: {svc('stop')}
-      status: [/bin/sh, -c, '{STATUS_SH}']   # what `svc_daemon.py status` checks, without a python start
+      status: [/usr/bin/pgrep, -F, {BASE}/app.pid, -f, svc_daemon.py run]   # no python start (1-2 s under TCG)
 announce: {{count: 3, interval_ms: 100, rate_limit_pps: 2000}}
 agent:
   drift_check_interval_s: 10   # each observation costs 1-5 s of the VM's one emulated CPU
@@ -315,28 +301,18 @@ class Writer:
     def _run(self) -> None:
         import psycopg
 
-        i, conn = 0, None
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    # tcp_user_timeout: a commit sent to an address that moved fails in 10 s, not in minutes
-                    conn = psycopg.connect(host=self.host, port=5432, user="app", dbname="postgres", connect_timeout=2,
-                                           autocommit=True, tcp_user_timeout=10000)
-                i += 1
-                conn.execute("INSERT INTO writes (id) VALUES (%s)", (i,))
-                with self._lock:
-                    self._acks.append((i, time.monotonic()))
-                self._stop.wait(self.pace_s)
-            except psycopg.Error:
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except psycopg.Error:
-                        pass
-                conn = None
-                self._stop.wait(0.05)
-        if conn is not None:
-            conn.close()
+        from reconciler.demo.writer import commit_rows
+
+        def connect() -> psycopg.Connection:
+            # tcp_user_timeout: a commit sent to an address that moved fails in 10 s, not in minutes
+            return psycopg.connect(host=self.host, port=5432, user="app", dbname="postgres", connect_timeout=2,
+                                   autocommit=True, tcp_user_timeout=10000)
+
+        def acked(i: int) -> None:
+            with self._lock:
+                self._acks.append((i, time.monotonic()))
+
+        commit_rows(connect, acked, self._stop.is_set, pace_s=self.pace_s, retry_s=0.05, wait=self._stop.wait)
 
     def acks(self) -> list[tuple[int, float]]:
         with self._lock:

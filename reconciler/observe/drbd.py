@@ -8,7 +8,6 @@ logged a split brain that is still unresolved (observe.drbd_kernel.kmsg_split_br
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -44,12 +44,11 @@ class ObsMemo:
         self.obs: dict[tuple[str, bool, bool], AddressObs] = {}
 
 
-_MEMO = ObsMemo()  # the agent's process: one observer at a time
+_MEMO = ObsMemo()  # pure memoisation: identical bytes parse alike, whichever namespace they came from
 
 
 def parse_memo() -> AddrMemo:
-    """The process's memo of parsed address messages (pure: identical bytes, identical
-    parse, whatever namespace they came from); the executor's re-reads share it."""
+    """The process's memo of parsed address messages; the executor's re-reads share it."""
     return _MEMO.addrs
 
 
@@ -140,6 +139,6 @@ def _read_here(names: list[str], memo: ObsMemo | None) -> dict[str, InterfaceObs
 def read_interfaces(names: list[str], netns: str | None = None) -> dict[str, InterfaceObs]:
     """Observe `names` (missing ones as `exists=False`), in `netns` or the current namespace.
 
-    In the current namespace, the parse is memoised across calls (`ObsMemo`)."""
+    The parse is memoised across calls (`ObsMemo`)."""
     names = [check_ifname(n) for n in names]
-    return run_in_netns(netns, _read_here, names, _MEMO if netns is None else None)
+    return run_in_netns(netns, _read_here, names, _MEMO)

@@ -21,7 +21,6 @@ def _ip(addr: str) -> str:
     return addr.split("/", 1)[0]
 
 
-_sort_key = sort_key  # (version, integer, prefix length): numeric order
 
 
 def peer_ips(peer: NodeObservation | None) -> dict[str, str]:
@@ -64,7 +63,7 @@ def _removal_order(iface: InterfaceObs, remove: set[str]) -> tuple[list[str], bo
         for a in iface.addresses
         if a.address not in remove and ":" not in a.address and a.address[a.address.rfind("/"):] in plens
     )
-    ordered = sorted(remove, key=lambda x: (not by_addr[x].secondary, _sort_key(x)))
+    ordered = sorted(remove, key=lambda x: (not by_addr[x].secondary, sort_key(x)))
     return ordered, need_promote
 
 
@@ -114,8 +113,8 @@ def plan_addresses(ctx: Ctx) -> tuple[list[Action], list[str]]:
         if not ctx.is_primary:
             notes += _foreign_copies(name, foreign & floating)
             continue
-        actions += _add_actions(ctx, name, tuple(sorted(want & foreign, key=_sort_key)), Kind.ADOPT_ADDRESSES)
-        actions += _add_actions(ctx, name, tuple(sorted(want - owned - foreign, key=_sort_key)), Kind.ADD_ADDRESSES)
+        actions += _add_actions(ctx, name, tuple(sorted(want & foreign, key=sort_key)), Kind.ADOPT_ADDRESSES)
+        actions += _add_actions(ctx, name, tuple(sorted(want - owned - foreign, key=sort_key)), Kind.ADD_ADDRESSES)
     return actions, notes
 
 
@@ -133,7 +132,7 @@ def _add_actions(ctx: Ctx, name: str, items: tuple[str, ...], kind: Kind) -> lis
 
 
 def _missing_iface(ctx: Ctx, name: str, want: set[str]) -> Action:
-    items = tuple(sorted(want, key=_sort_key))
+    items = tuple(sorted(want, key=sort_key))
     g = Guard("interface_exists", False, f"interface {name} does not exist on {ctx.me}")
     return Action(Kind.ADD_ADDRESSES, name, f"{ctx.me} is the Primary", items=items, guards=(g,))
 
@@ -142,7 +141,7 @@ def _foreign_copies(name: str, clash: set[str]) -> list[str]:
     return [
         f"{a} on {name} is a floating address but was not added by reconciler; it is left alone: "
         f"remove it by hand (ip address del {a} dev {name}) so the Primary can hold it"
-        for a in sorted(clash, key=_sort_key)
+        for a in sorted(clash, key=sort_key)
     ]
 
 
