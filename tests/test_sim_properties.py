@@ -50,6 +50,15 @@ class Cluster(RuleBasedStateMachine):
     def agent(self, node: str) -> None:
         self.c.agent_step(node)
 
+    @rule(node=st.sampled_from(NODES), steps=st.integers(2, 8))
+    def agent_runs(self, node: str, steps: int) -> None:
+        """One agent takes several steps while the other is slow: the races a guard exists
+        for are a few steps long, and single steps interleaved at random rarely line them up."""
+        for _ in range(steps):
+            if self.c.agent_step(node) in ("down", "converged", "blocked"):
+                return
+            self.safe()
+
     @rule(node=st.sampled_from(NODES), limit=st.integers(0, 3))
     def agent_killed_mid_action(self, node: str, limit: int) -> None:
         self.c.agent_step(node, limit=limit)
