@@ -216,3 +216,76 @@ def test_every_action_kind_has_a_simulated_effect_and_a_title():
     for k in Kind:
         assert f"Kind.{k.name}:" in src, f"the simulator does not model {k}"
         assert k in _TITLE or k.name.endswith("ADDRESSES")
+
+
+# ---- a partial observation is never planned from ------------------------------------------
+
+
+def test_a_part_that_could_not_be_observed_blocks_the_whole_plan():
+    # mx1 must demote; its services could not be read (observe.node leaves them empty and
+    # says why).  Without the rule, "no service seen" reads as "every service stopped" and
+    # the demotion would go on to stop PostgreSQL and drop the addresses under a live MTA.
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    own = snap("converged", "mx1").model_copy(update={"services": {}, "errors": ("services: systemctl timed out",)})
+    p = plan(spec, "mx1", own, snap("converged", "mx2"))
+    assert [(a.kind, a.target, a.blocked) for a in p.actions] == [(Kind.AWAIT, "services", True)]
+    assert p.actions[0].waiting_on == ("the services on mx1 could not be observed: systemctl timed out",)
+    # the same node, observed fully, demotes: the rule is what held it
+    assert kinds(plan(spec, "mx1", snap("converged", "mx1"), snap("converged", "mx2")))[0] is Kind.STOP_SERVICE
+
+
+def test_each_unobserved_part_gets_its_own_wait_and_nothing_else_is_planned():
+    own = snap("converged", "mx2").model_copy(update={
+        "interfaces": {}, "drbd": {}, "postgres": None,
+        "errors": ("net: netlink dump failed", "drbd: drbdsetup timed out", "postgres: pg_controldata failed")})
+    p = plan(SPEC, "mx2", own, snap("converged", "mx1"))
+    assert [(a.kind, a.target) for a in p.actions] == [(Kind.AWAIT, "addresses"), (Kind.AWAIT, "drbd"),
+                                                       (Kind.AWAIT, "postgres")]
+    assert all(a.blocked for a in p.actions) and not p.empty
+    from reconciler.plan.render import counts, human
+
+    assert counts(p) == {"add": 0, "change": 0, "remove": 0, "blocked": 3}
+    text = human(p, "mail", "mx1")
+    assert "? postgres: wait until its state can be read" in text and "pg_controldata failed" in text
+
+
+def test_a_missing_drbd_module_is_not_an_unknown_state():
+    # DrbdModuleMissing reports every resource (not configured) with its diagnosis: the plan
+    # goes on to `drbdadm up`, whose failure carries the diagnosis to the operator.
+    own = snap("converged", "mx2")
+    r0 = own.drbd["r0"].model_copy(update={"configured": False, "role": "Unknown", "connection": "StandAlone"})
+    own = own.model_copy(update={"drbd": {**own.drbd, "r0": r0}, "errors": ("drbd: the drbd kernel module is missing",)})
+    assert Kind.AWAIT not in kinds(plan(SPEC, "mx2", own, snap("converged", "mx1")))
+
+
+@pytest.mark.parametrize("node", ["mx1", "mx2"])
+def test_a_postgres_that_answers_no_query_is_waited_for_not_guessed(node):
+    # Running, but starting up or shutting down: pg_is_in_recovery() cannot be asked.  It is
+    # neither promoted (mx2 as the new primary) nor taken for a settled standby (mx1).
+    other = "mx1" if node == "mx2" else "mx2"
+    spec = spec_with(**{"\nprimary: mx1 ": f"\nprimary: {other} "})
+    own = snap("converged", node)
+    starting = own.postgres.model_copy(update={"in_recovery": None, "timeline": None, "receive_lsn": None,
+                                               "replay_lsn": None, "current_lsn": None, "wal_receiver": None,
+                                               "cluster_state": "in archive recovery"})
+    peer = snap("converged", other)
+    if node == "mx2":  # the old primary has shut down cleanly: promotion would otherwise go ahead
+        peer = peer.model_copy(update={"postgres": PostgresObs(
+            running=False, cluster_state="shut down", checkpoint_lsn="0/3039128", checkpoint_end_lsn="0/30391A0",
+            checkpoint_timeline=1, system_identifier=own.postgres.system_identifier)})
+    p = plan(spec, node, own.model_copy(update={"postgres": starting}), peer)
+    pg = [a for a in p.actions if a.target == "postgres"]
+    assert [a.kind for a in pg] == [Kind.AWAIT] and pg[0].blocked
+    assert "not accepting connections yet" in pg[0].waiting_on[0] and "in archive recovery" in pg[0].waiting_on[0]
+    assert Kind.PG_PROMOTE not in kinds(p)
+
+
+def test_the_new_primary_waits_while_the_peers_postgres_answers_no_query():
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    peer = snap("converged", "mx1")
+    ppg = peer.postgres.model_copy(update={"in_recovery": None, "timeline": None, "current_lsn": None,
+                                           "cluster_state": "in production"})
+    p = plan(spec, "mx2", snap("converged", "mx2"), peer.model_copy(update={"postgres": ppg}))
+    promote = next(a for a in p.actions if a.kind is Kind.PG_PROMOTE)
+    assert promote.waiting_on == ("peer mx1 PostgreSQL is starting up or shutting down: "
+                                  "its position is read once it accepts connections",)

@@ -39,6 +39,10 @@ def _resource(spec: LoadedSpec, name: str) -> DrbdResource:
     raise ActionFailed(f"DRBD resource {name} is not in the spec")
 
 
+def _nothing_to_run(a: Action) -> str:
+    raise ActionFailed(f"{a.target}: nothing to run; the state is read again on the next cycle")
+
+
 def _pg(spec: LoadedSpec) -> Postgres:
     if spec.spec.postgres is None:
         raise ActionFailed("postgres is not in the spec")
@@ -125,6 +129,7 @@ def _table(spec: LoadedSpec, a: Action) -> dict[Kind, Callable[[], object]]:
         Kind.PG_START_PRIMARY: lambda: postgres.start_primary(_pg(spec)),
         Kind.PG_PROMOTE: lambda: postgres.promote(_pg(spec)),
         Kind.PG_CHECKPOINT: lambda: postgres.checkpoint(_pg(spec)),
+        Kind.AWAIT: lambda: _nothing_to_run(a),
     }
 
 

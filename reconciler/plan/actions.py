@@ -36,9 +36,14 @@ class Kind(str, Enum):
     PG_START_PRIMARY = "pg_start_primary"  # cleanly stopped primary (or crashed in place) -> writable
     PG_PROMOTE = "pg_promote"  # standby -> pg_promote(true, N), then CHECKPOINT
     PG_CHECKPOINT = "pg_checkpoint"  # promoted, pg_control timeline stale -> CHECKPOINT
+    # Part of this node's state is not known (its observation failed, or PostgreSQL is
+    # starting or stopping and answers no query): always planned blocked, never executed;
+    # it goes away once that state can be read.  "Nothing to do" is never said of a guess.
+    AWAIT = "await"
 
 
-# Terraform-style symbols: + creates/starts, - removes/stops, ~ changes in place.
+# Terraform-style symbols: + creates/starts, - removes/stops, ~ changes in place,
+# ? waits until the state can be read.
 SYMBOL = {
     Kind.STOP_SERVICE: "-",
     Kind.START_SERVICE: "+",
@@ -61,6 +66,7 @@ SYMBOL = {
     Kind.PG_START_PRIMARY: "+",
     Kind.PG_PROMOTE: "~",
     Kind.PG_CHECKPOINT: "~",
+    Kind.AWAIT: "?",
 }
 
 

@@ -11,7 +11,9 @@ A writable PostgreSQL stops while its addresses are still here: its clients rece
 own "terminating connection" and FIN, new connection attempts are refused at once instead
 of vanishing (a lost SYN costs a client a 1 s retransmission), and the peer, which waits
 for this shutdown and not for the addresses, promotes while they are being removed.
-The executor runs the first action only and observes again, so a later action's own
+Nothing is planned from a partial observation: a part of this node's state that could
+not be read (or a PostgreSQL that is starting or stopping) is an AWAIT that blocks (see
+`unknown`).  The executor runs the first action only and observes again, so a later action's own
 preconditions are those the earlier actions establish.  A role change also waits until
 both agents apply the same roles (see `agreement`).
 """
@@ -19,7 +21,7 @@ both agents apply the same roles (see `agreement`).
 from __future__ import annotations
 
 from reconciler.model import NodeObservation, ServiceObs
-from reconciler.plan import agreement, drbd, net, postgres
+from reconciler.plan import agreement, drbd, net, postgres, unknown
 from reconciler.plan.actions import Action, Kind, Plan
 from reconciler.plan.context import Ctx
 from reconciler.spec import LoadedSpec
@@ -37,8 +39,12 @@ def plan(spec: LoadedSpec, node: str, own: NodeObservation, peer: NodeObservatio
     if peer is not None and peer.node != spec.spec.peer_of(node):
         raise PlanError(f"the peer observation is of node {peer.node!r}, not {spec.spec.peer_of(node)!r}")
     ctx = Ctx(spec, node, own, peer)
-    actions, notes = _primary(ctx) if ctx.is_primary else _secondary(ctx)
-    actions, notes = agreement.guard_role_changes(ctx, actions, notes)
+    waits = unknown.unobserved(ctx)
+    if waits:  # never plan from a partial observation (see `unknown`)
+        actions, notes = waits, []
+    else:
+        actions, notes = _primary(ctx) if ctx.is_primary else _secondary(ctx)
+        actions, notes = agreement.guard_role_changes(ctx, actions, notes)
     if peer is None and ctx.peer_name is not None:
         notes.insert(0, f"peer {ctx.peer_name} is unreachable: every guard that needs its state waits")
     return Plan(node=node, actions=tuple(actions), notes=tuple(notes), peer_reachable=ctx.peer_known)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from reconciler.model import PostgresObs
 from reconciler.plan import pg_position as pos
+from reconciler.plan import unknown
 from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan.context import Ctx
 
@@ -41,8 +42,10 @@ def plan_postgres(ctx: Ctx) -> tuple[list[Action], list[str]]:
     if ctx.spec.spec.postgres is None:
         return [], []
     o = ctx.own.postgres
-    if o is None:
+    if o is None:  # the planner waits on an AWAIT before it gets here; kept for direct callers
         return [], [f"PostgreSQL on {ctx.me} could not be observed"]
+    if o.running and o.in_recovery is None:
+        return [unknown.not_answering(ctx)], []
     if ctx.is_primary:
         return _as_primary(ctx, o), []
     return _as_secondary(ctx, o)
@@ -69,6 +72,9 @@ def _peer_position_guards(ctx: Ctx, mine: pos.Position | None, own: PostgresObs)
     if own.system_identifier and peer_pg.system_identifier and own.system_identifier != peer_pg.system_identifier:
         return [Guard("same_system", False, f"peer {p} is a different database system ({peer_pg.system_identifier})")]
     theirs = pos.clean_shutdown_position(peer_pg) or pos.running_standby_position(peer_pg)
+    if theirs is None and peer_pg.running and peer_pg.in_recovery is None:
+        return [Guard("peer_position_known", False, f"peer {p} PostgreSQL is starting up or shutting down: "
+                                                    "its position is read once it accepts connections")]
     if theirs is None:
         state = peer_pg.cluster_state or "unknown"
         what = "a stopped standby" if state in pos.STOPPED_STANDBY else f"stopped uncleanly ({state})"

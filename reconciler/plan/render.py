@@ -38,6 +38,7 @@ _TITLE = {
     Kind.PG_START_PRIMARY: "postgres: start as the primary",
     Kind.PG_PROMOTE: "postgres: promote (standby -> primary), then CHECKPOINT",
     Kind.PG_CHECKPOINT: "postgres: CHECKPOINT (pg_control timeline is stale)",
+    Kind.AWAIT: "{t}: wait until its state can be read",
 }
 
 
@@ -85,7 +86,8 @@ def counts(plan: Plan) -> dict[str, int]:
     c = {"add": 0, "change": 0, "remove": 0, "blocked": 0}
     for a in plan.actions:
         n = len(a.items) if a.kind in _ADDR_KINDS else 1
-        c[{"+": "add", "~": "change", "-": "remove"}[a.symbol]] += n
+        if a.kind is not Kind.AWAIT:  # changes nothing: counted as blocked only
+            c[{"+": "add", "~": "change", "-": "remove"}[a.symbol]] += n
         c["blocked"] += a.blocked
     return c
 

@@ -203,6 +203,7 @@ def steps(world: World, spec: LoadedSpec, node: Node, a: Action) -> list[Callabl
         Kind.PG_START_PRIMARY: [lambda: _start(world, node, False, a)],
         Kind.PG_PROMOTE: [lambda: _promote(world, node), lambda: setattr(node.pg, "control_tli", node.pg.tli)],
         Kind.PG_CHECKPOINT: [lambda: setattr(node.pg, "control_tli", node.pg.tli)],
+        Kind.AWAIT: [],
     }
     return table[k]
 
