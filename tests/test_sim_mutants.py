@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule, run_state_machine_as_test
 
 from reconciler.plan import drbd as plan_drbd
 from reconciler.plan import net as plan_net
 from reconciler.plan import postgres as plan_pg
+from reconciler.plan import unknown as plan_unknown
 from reconciler.plan.actions import Guard
-from tests.test_sim_properties import Cluster
+from tests.test_sim_properties import NODES, Cluster
 
-# Examples needed to find each mutant, 15 unseeded runs each (see the module's history):
-# peer check 6-594, DRBD guards 39-881, addresses 6-1,828.  The budget is about 3x the
-# worst of those; derandomize makes every run search the same examples, so the outcome
-# is reproducible (a change that makes the search miss fails every time, not now and then).
-# No shrinking: the violation is all this test needs, not its smallest form.
-MUTANT_SETTINGS = settings(max_examples=6000, stateful_step_count=40, deadline=None,
+# Examples needed to find each mutant, unseeded runs (15 each; 9 for the last): peer check
+# 6-594, DRBD guards 39-881, addresses 6-1,828, partial observation 101-3,519.  The budget
+# is about 3x the worst of those; derandomize makes every run search the same examples, so
+# the outcome is reproducible (a change that makes the search miss fails every time, not
+# now and then).  No shrinking: the violation is all this test needs, not its smallest form.
+MUTANT_SETTINGS = settings(max_examples=10_000, stateful_step_count=40, deadline=None,
                            suppress_health_check=list(HealthCheck), database=None,
                            derandomize=True, phases=[Phase.generate], report_multiple_bugs=False)
 
@@ -61,11 +63,33 @@ class SafetyOnly(Cluster):
 
     @precondition(_off)
     @rule()
+    def unobservable(self) -> None: ...
+
+    @precondition(_off)
+    @rule()
+    def observable_again(self) -> None: ...
+
+    @precondition(_off)
+    @rule()
     def agent_restart(self) -> None: ...  # only undoes the two faults above
 
     @precondition(_off)
     @rule()
     def fence(self) -> None: ...  # the fenced node stays off here: a dead end for the search
+
+
+class SafetyOnlyBlind(SafetyOnly):
+    """SafetyOnly with one unobservable-driver fault back, for the mutant that plans from a
+    partial observation: service status unreadable, the part whose guess ("stopped") lets a
+    demotion run on under a live service (the others are also guarded on the peer's side)."""
+
+    @rule(node=st.sampled_from(NODES), part=st.just("services"))
+    def unobservable(self, node: str, part: str) -> None:
+        Cluster.unobservable(self, node, part)
+
+    @rule(node=st.sampled_from(NODES))
+    def observable_again(self, node: str) -> None:
+        Cluster.observable_again(self, node)
 
 
 def _no_pg_peer_guard(ctx, mine, own):
@@ -80,16 +104,21 @@ def _peer_always_free(ctx, items):
     return Guard("peer_holds_none", True, "mutant")
 
 
+def _plans_from_a_guess(ctx):
+    return []
+
+
 MUTANTS = {
-    "promotion without the peer check": (plan_pg, "_peer_position_guards", _no_pg_peer_guard),
-    "DRBD promotion without peer/connection guards": (plan_drbd, "_promote_guards", _no_drbd_guards),
-    "adding addresses the peer still holds": (plan_net, "_peer_free_guard", _peer_always_free),
+    "promotion without the peer check": (plan_pg, "_peer_position_guards", _no_pg_peer_guard, SafetyOnly),
+    "DRBD promotion without peer/connection guards": (plan_drbd, "_promote_guards", _no_drbd_guards, SafetyOnly),
+    "adding addresses the peer still holds": (plan_net, "_peer_free_guard", _peer_always_free, SafetyOnly),
+    "planning from a partial observation": (plan_unknown, "unobserved", _plans_from_a_guess, SafetyOnlyBlind),
 }
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_mutant_is_caught(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    module, attr, fake = MUTANTS[name]
+    module, attr, fake, machine = MUTANTS[name]
     monkeypatch.setattr(module, attr, fake)
     with pytest.raises(AssertionError, match="safety violated"):
-        run_state_machine_as_test(SafetyOnly, settings=MUTANT_SETTINGS)
+        run_state_machine_as_test(machine, settings=MUTANT_SETTINGS)

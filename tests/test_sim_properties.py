@@ -3,7 +3,8 @@
 Hypothesis interleaves agent steps, replication, client writes, spec edits (switchover,
 switch back, primary: none, IP edits, each reaching the two nodes at different moments)
 and faults (agent killed part-way through an action, PostgreSQL crash, replication link
-cut, peer channel cut, power loss, drift by hand, fencing by the operator).
+cut, peer channel cut, power loss, drift by hand, fencing by the operator, a driver
+unable to read its part of a node, PostgreSQL answering no query while it settles).
 Safety is checked after every step; liveness in teardown, after healing every fault.
 
 Profiles: `ci` (default, 2,000 examples) and `long` (50,000): HYPOTHESIS_PROFILE=long.
@@ -129,6 +130,16 @@ class Cluster(RuleBasedStateMachine):
     def drift_foreign_ip(self, node: str, i: int) -> None:
         self.c.drift_add_foreign(node, i)
 
+    @rule(node=st.sampled_from(NODES), part=st.sampled_from(("net", "drbd", "postgres", "services", "settling")))
+    def unobservable(self, node: str, part: str) -> None:
+        """A driver fails on `node` (its part of the observation is empty, with the error),
+        or its PostgreSQL is starting up or shutting down and answers no query."""
+        self.c.world.nodes[node].blind.add(part)
+
+    @rule(node=st.sampled_from(NODES))
+    def observable_again(self, node: str) -> None:
+        self.c.world.nodes[node].blind.clear()
+
     @rule(node=st.sampled_from(NODES))
     def drift_service_stopped(self, node: str) -> None:
         n = self.c.world.nodes[node]
@@ -153,6 +164,7 @@ def assert_converges(c: SimCluster, fenced: tuple[str, ...]) -> None:
     for n in w.nodes.values():
         n.on = n.agent = True
         n.spec_version = len(c.specs) - 1
+        n.blind.clear()
     for _ in range(LIVENESS_ROUNDS):
         c.operator_resolve_split_brain()
         c.operator_reclone()

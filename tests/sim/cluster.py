@@ -99,7 +99,7 @@ class SimCluster:
                 continue
             holds = vip is None or any(a.address.split("/")[0] == vip.split("/")[0] for i in node.ifaces.values() for a in i.addresses)
             pg = node.pg
-            if holds and pg.running and not pg.standby and spec.spec.postgres is not None:
+            if holds and "settling" not in node.blind and pg.running and not pg.standby and spec.spec.postgres is not None:
                 t = self.world.token("c")
                 pg.wal.append((pg.tli, t))
                 self.world.acked_commits.append(t)
@@ -185,6 +185,10 @@ class SimCluster:
             prim = [n.name for n in on if n.drbd.get(r.name) and n.drbd[r.name].configured and n.drbd[r.name].role == "Primary"]
             if len(prim) > 1:
                 out.append(f"both DRBD Primary on {r.name}")
+        running = [s for s in {s.name for s in self.specs[-1].spec.services}
+                   if all(n.services.get(s) for n in w.nodes.values()) and len(on) == 2]
+        if running:
+            out.append(f"service {running[0]} runs on both nodes")
         writable = [n for n in on if n.pg.running and not n.pg.standby]
         if len(writable) > 1:
             out.append("both PostgreSQL writable")

@@ -65,6 +65,8 @@ def _pg(world: World, spec: LoadedSpec, node: Node) -> PostgresObs:
             checkpoint_timeline=pg.tli,
             **common,
         )
+    if "settling" in node.blind:  # starting up or shutting down: no query answered
+        return PostgresObs(running=True, cluster_state="in archive recovery" if pg.standby else "in production", **common)
     if not pg.standby:
         return PostgresObs(running=True, in_recovery=False, timeline=pg.tli, control_timeline=pg.control_tli,
                            current_lsn=end, **common)
@@ -117,11 +119,14 @@ def observe(world: World, spec: LoadedSpec, node: Node) -> NodeObservation:
         addrs = tuple(AddressObs(address=a.address, owned=a.owned, secondary=i.is_secondary(a)) for a in i.addresses)
         ifaces[name] = InterfaceObs(promote_secondaries=i.promote_secondaries, addresses=addrs)
     mounts = {mp: MountObs(source=dev, fstype="ext4") for mp, dev in node.mounts.items()}
-    return NodeObservation(
-        node=node.name,
-        interfaces=ifaces,
-        drbd={r.name: _drbd(world, node, r.name) for r in spec.spec.drbd},
-        mounts=mounts,
-        postgres=_pg(world, spec, node) if spec.spec.postgres else None,
-        services={s.name: ServiceObs(active=node.services.get(s.name, False)) for s in spec.spec.services},
-    )
+    drbd = {r.name: _drbd(world, node, r.name) for r in spec.spec.drbd}
+    pg = _pg(world, spec, node) if spec.spec.postgres else None
+    services = {s.name: ServiceObs(active=node.services.get(s.name, False)) for s in spec.spec.services}
+    blind = sorted(node.blind - {"settling"})
+    # what observe.node does when a driver fails: that part empty, the failure in errors
+    ifaces = {} if "net" in blind else ifaces
+    drbd = {} if "drbd" in blind else drbd
+    pg = None if "postgres" in blind else pg
+    services = {} if "services" in blind else services
+    return NodeObservation(node=node.name, interfaces=ifaces, drbd=drbd, mounts=mounts, postgres=pg,
+                           services=services, errors=tuple(f"{b}: simulated driver failure" for b in blind))

@@ -100,6 +100,9 @@ class Node:
     mounts: dict[str, str] = field(default_factory=dict)  # mount point -> device
     services: dict[str, bool] = field(default_factory=dict)
     spec_version: int = 0
+    # Parts of this node its agent cannot read for now (a driver failing: "net", "drbd",
+    # "postgres", "services"), and "settling": PostgreSQL running but not answering queries.
+    blind: set[str] = field(default_factory=set)
 
 
 @dataclass
