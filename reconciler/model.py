@@ -150,7 +150,22 @@ class NodeObservation(_Frozen):
     mounts: dict[str, MountObs] = {}  # mount point -> what is mounted there
     postgres: PostgresObs | None = None
     services: dict[str, ServiceObs] = {}
-    errors: tuple[str, ...] = ()  # what could not be observed, in words
+    # What could not be observed, one "<part>: <reason>" line each (see `failure`): that
+    # part above is then left at its "unknown" value, which the planner must not read as fact.
+    errors: tuple[str, ...] = ()
+
+    @staticmethod
+    def failure(part: str, e: BaseException | str) -> str:
+        """The `errors` line for a driver `part` (net, drbd, mounts, postgres, services)."""
+        return f"{part}: {e}".splitlines()[0][:500]
+
+    def failed_parts(self) -> dict[str, str]:
+        """part -> its first failure's reason, read back from `errors`."""
+        out: dict[str, str] = {}
+        for e in self.errors:
+            part, _, reason = e.partition(": ")
+            out.setdefault(part, reason)
+        return out
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -17,7 +17,7 @@ def _try(errors: list[str], what: str, fn: Callable[[], Any], default: Any) -> A
     try:
         return fn()
     except Exception as e:  # a driver's failure is data for the planner, not a crash
-        errors.append(f"{what}: {e}".splitlines()[0][:500])
+        errors.append(NodeObservation.failure(what, e))
         return default
 
 
@@ -29,10 +29,10 @@ def _drbd(spec: LoadedSpec, errors: list[str]) -> dict[str, DrbdObs]:
     try:
         return read_drbd(spec.spec.drbd)
     except DrbdModuleMissing as e:
-        errors.append(f"drbd: {e}".splitlines()[0][:500])
+        errors.append(NodeObservation.failure("drbd", e))
         return dict(e.observations)
     except Exception as e:
-        errors.append(f"drbd: {e}".splitlines()[0][:500])
+        errors.append(NodeObservation.failure("drbd", e))
         return {}
 
 

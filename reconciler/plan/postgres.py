@@ -42,10 +42,9 @@ def plan_postgres(ctx: Ctx) -> tuple[list[Action], list[str]]:
     if ctx.spec.spec.postgres is None:
         return [], []
     o = ctx.own.postgres
-    if o is None:  # the planner waits on an AWAIT before it gets here; kept for direct callers
-        return [], [f"PostgreSQL on {ctx.me} could not be observed"]
+    assert o is not None, "unobserved PostgreSQL is an AWAIT of unknown.unobserved; nothing else is planned"
     if o.running and o.in_recovery is None:
-        return [unknown.not_answering(ctx)], []
+        return [unknown.not_answering(ctx, o)], []
     if ctx.is_primary:
         return _as_primary(ctx, o), []
     return _as_secondary(ctx, o)

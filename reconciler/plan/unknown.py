@@ -11,19 +11,11 @@ never said of one.
 
 from __future__ import annotations
 
+from reconciler.model import PostgresObs
 from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan.context import Ctx
 
 WHY = "the plan acts only on what it could observe"
-
-
-def _errors(ctx: Ctx) -> dict[str, str]:
-    """First error per driver: observe.node prefixes each with the driver's name."""
-    out: dict[str, str] = {}
-    for e in ctx.own.errors:
-        what, _, text = e.partition(": ")
-        out.setdefault(what, text)
-    return out
 
 
 def _await(ctx: Ctx, target: str, what: str, error: str | None) -> Action:
@@ -32,7 +24,7 @@ def _await(ctx: Ctx, target: str, what: str, error: str | None) -> Action:
 
 
 def unobserved(ctx: Ctx) -> list[Action]:
-    s, o, err = ctx.spec.spec, ctx.own, _errors(ctx)
+    s, o, err = ctx.spec.spec, ctx.own, ctx.own.failed_parts()
     out = []
     if "net" in err and ctx.spec.addresses:
         out.append(_await(ctx, "addresses", "the floating addresses", err["net"]))
@@ -47,12 +39,11 @@ def unobserved(ctx: Ctx) -> list[Action]:
     return out
 
 
-def not_answering(ctx: Ctx) -> Action:
+def not_answering(ctx: Ctx, pg: PostgresObs) -> Action:
     """PostgreSQL runs but refuses queries: starting up (crash or archive recovery, or not
     yet consistent) or shutting down.  Whether it is a primary or a standby, and where its
     WAL ends, are read once it answers; until then nothing is done to it."""
-    pg = ctx.own.postgres
-    state = pg.cluster_state if pg is not None and pg.cluster_state else "state unknown"
+    state = pg.cluster_state or "state unknown"
     g = Guard("pg_answers", False, f"PostgreSQL on {ctx.me} is running but not accepting connections yet "
                                    f"(starting up or shutting down; pg_control: {state}): its role is read once it does")
     return Action(Kind.AWAIT, "postgres", "PostgreSQL's role and WAL position are unknown while it answers no query",

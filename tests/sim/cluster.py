@@ -185,10 +185,9 @@ class SimCluster:
             prim = [n.name for n in on if n.drbd.get(r.name) and n.drbd[r.name].configured and n.drbd[r.name].role == "Primary"]
             if len(prim) > 1:
                 out.append(f"both DRBD Primary on {r.name}")
-        running = [s for s in {s.name for s in self.specs[-1].spec.services}
-                   if all(n.services.get(s) for n in w.nodes.values()) and len(on) == 2]
-        if running:
-            out.append(f"service {running[0]} runs on both nodes")
+        both = [s.name for s in self.specs[-1].spec.services if len(on) == 2 and all(n.services.get(s.name) for n in on)]
+        if both:
+            out.append(f"service {both[0]} runs on both nodes")
         writable = [n for n in on if n.pg.running and not n.pg.standby]
         if len(writable) > 1:
             out.append("both PostgreSQL writable")

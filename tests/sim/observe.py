@@ -129,4 +129,4 @@ def observe(world: World, spec: LoadedSpec, node: Node) -> NodeObservation:
     pg = None if "postgres" in blind else pg
     services = {} if "services" in blind else services
     return NodeObservation(node=node.name, interfaces=ifaces, drbd=drbd, mounts=mounts, postgres=pg,
-                           services=services, errors=tuple(f"{b}: simulated driver failure" for b in blind))
+                           services=services, errors=tuple(NodeObservation.failure(b, "simulated driver failure") for b in blind))
