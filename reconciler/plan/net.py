@@ -21,8 +21,6 @@ def _ip(addr: str) -> str:
     return addr.split("/", 1)[0]
 
 
-
-
 def peer_ips(peer: NodeObservation | None) -> dict[str, str]:
     """IP (without prefix) -> 'addr/prefix on iface' for every address the peer holds."""
     out: dict[str, str] = {}
