@@ -60,10 +60,12 @@ def test_plan_exit_codes(spec, node, scenario, peer, code, as_json):
 def test_mid_switchover_shows_the_guard_it_waits_on():
     r = run("plan", MID, "--node", "mx2", "--observed", os.path.join(EX, "mid-switchover", "mx2.json"),
             "--peer-observed", os.path.join(EX, "mid-switchover", "mx1.json"))
-    # mx1 has stopped its service and is about to stop PostgreSQL: everything on mx2 waits
+    # mx1 has stopped its service and is about to stop PostgreSQL: everything on mx2 waits,
+    # the service too (mx1 still holds the floating addresses: it has not released the role)
     assert "waiting: peer mx1 PostgreSQL is still a writable primary" in r.stdout
     assert "waiting: peer mx1 is still DRBD Primary on r0" in r.stdout
-    assert "Blocked: 4 action(s)" in r.stdout
+    assert "start service greenarrow: waiting: peer mx1 still holds 192.0.2.10/24 on eth0 (and 42 more)" in r.stdout
+    assert "Blocked: 5 action(s)" in r.stdout
 
 
 def test_bad_snapshot_is_one_line_and_exit_1(tmp_path):

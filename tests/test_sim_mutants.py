@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule, run_state_machine_as_test
 
 from reconciler.plan import drbd as plan_drbd
+from reconciler.plan import handover as plan_handover
 from reconciler.plan import net as plan_net
 from reconciler.plan import postgres as plan_pg
 from reconciler.plan import unknown as plan_unknown
@@ -85,17 +86,28 @@ def _plans_from_a_guess(ctx):
     return []
 
 
+def _peer_always_released(ctx):
+    return Guard(plan_handover.NAME, True, "mutant")
+
+
+NO_HANDOVER = (plan_handover, "peer_released", _peer_always_released)
+
+# name -> (the patches that remove the guard, the machine that must catch it)
 MUTANTS = {
-    "promotion without the peer check": (plan_pg, "_peer_position_guards", _no_pg_peer_guard, SafetyOnly),
-    "DRBD promotion without peer/connection guards": (plan_drbd, "_promote_guards", _no_drbd_guards, SafetyOnly),
-    "adding addresses the peer still holds": (plan_net, "_peer_free_guard", _peer_always_free, SafetyOnly),
-    "planning from a partial observation": (plan_unknown, "unobserved", _plans_from_a_guess, SafetyOnlyBlind),
+    "promotion without the peer check": ([(plan_pg, "_peer_position_guards", _no_pg_peer_guard)], SafetyOnly),
+    "DRBD promotion without peer/connection guards": ([(plan_drbd, "_promote_guards", _no_drbd_guards)], SafetyOnly),
+    # both address checks go: either one alone keeps a held address from being added twice
+    "adding addresses the peer still holds": ([(plan_net, "_peer_free_guard", _peer_always_free), NO_HANDOVER],
+                                              SafetyOnly),
+    "planning from a partial observation": ([(plan_unknown, "unobserved", _plans_from_a_guess)], SafetyOnlyBlind),
+    "taking the services before the peer released them": ([NO_HANDOVER], SafetyOnly),
 }
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_mutant_is_caught(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    module, attr, fake, machine = MUTANTS[name]
-    monkeypatch.setattr(module, attr, fake)
+    patches, machine = MUTANTS[name]
+    for module, attr, fake in patches:
+        monkeypatch.setattr(module, attr, fake)
     with pytest.raises(AssertionError, match="safety violated"):
         run_state_machine_as_test(machine, settings=MUTANT_SETTINGS)

@@ -5,7 +5,11 @@ switch back, primary: none, IP edits, each reaching the two nodes at different m
 and faults (agent killed part-way through an action, PostgreSQL crash, replication link
 cut, peer channel cut, power loss, drift by hand, fencing by the operator, a driver
 unable to read its part of a node, PostgreSQL answering no query while it settles).
-Safety is checked after every step; liveness in teardown, after healing every fault.
+Specs with services and no floating addresses at all are part of the search (`vips`, and
+edits that empty the address list).
+Safety is checked after every step (including the demotion order: no PostgreSQL stop or
+address removal on a demoting node while a Primary-only service runs there); liveness in
+teardown, after healing every fault.
 
 Profiles: `ci` (default, 2,000 examples) and `long` (50,000): HYPOTHESIS_PROFILE=long.
 """
@@ -24,6 +28,7 @@ from tests.sim.specs import make_spec
 from tests.sim.world import Addr
 
 NODES = ("mx1", "mx2")
+DEFAULT_IPS = ("10.9.0.10/24", "10.9.0.11/24", "10.9.0.12/24")
 IP_POOL = ("10.9.0.10/24", "10.9.0.11/24", "10.9.0.12/24", "10.9.1.5/32", "2001:db8::5/64")
 
 settings.register_profile("ci", max_examples=2000, stateful_step_count=40, deadline=None,
@@ -38,10 +43,14 @@ LIVENESS_ROUNDS = 40
 
 
 class Cluster(RuleBasedStateMachine):
-    @initialize(fresh=st.booleans(), base=st.booleans(), drbd=st.booleans(), pg=st.sampled_from((True, True, False)))
-    def start(self, fresh: bool, base: bool, drbd: bool, pg: bool) -> None:
+    @initialize(fresh=st.booleans(), base=st.booleans(), drbd=st.booleans(), pg=st.sampled_from((True, True, False)),
+                vips=st.booleans())
+    def start(self, fresh: bool, base: bool, drbd: bool, pg: bool, vips: bool = True) -> None:
+        """`vips=False`: the first spec has services but no floating addresses at all (edits
+        may add some, and an edit with an empty address list removes them all again)."""
         self.flags = {"drbd": drbd, "postgres": pg}
-        self.c = SimCluster([make_spec("mx1", drbd=drbd, postgres=pg)], fresh=fresh)
+        ips = DEFAULT_IPS if vips else ()
+        self.c = SimCluster([make_spec("mx1", drbd=drbd, postgres=pg, ips=ips)], fresh=fresh)
         self.fenced: tuple[str, ...] = ()
         if base:  # mx2's own address shares the floating /24: VIPs there are secondaries
             self.c.world.nodes["mx2"].ifaces["eth0"].addresses.append(Addr("10.9.0.2/24", False))
@@ -83,7 +92,7 @@ class Cluster(RuleBasedStateMachine):
     def edit_spec(self, primary: str, ips: set[str], reach: str) -> None:
         if primary in self.fenced:
             primary = next(n for n in NODES if n not in self.fenced)
-        ips_t = tuple(sorted(ips)) if ips else ("10.9.0.10/24",)
+        ips_t = tuple(sorted(ips))  # empty: no floating addresses at all
         self.c.specs.append(make_spec(primary, fenced=self.fenced, ips=ips_t, **self.flags))
         for n in NODES if reach == "both" else (reach,):
             self.c.world.nodes[n].spec_version = len(self.c.specs) - 1
@@ -100,7 +109,7 @@ class Cluster(RuleBasedStateMachine):
         self.fenced = (node,)
         self.c.world.fenced_ever = True
         other = next(n for n in NODES if n != node)
-        self.c.specs.append(make_spec(other, fenced=self.fenced, **self.flags))
+        self.c.specs.append(make_spec(other, fenced=self.fenced, ips=self.c.specs[-1].addresses["eth0"], **self.flags))
         for n in NODES:
             self.c.world.nodes[n].spec_version = len(self.c.specs) - 1
 

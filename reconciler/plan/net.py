@@ -3,7 +3,8 @@
 Rules enforced here:
 - Only addresses carrying our tag (`owned`) are ever removed; an untagged address equal
   to a desired one is adopted on the Primary, and reported (never touched) elsewhere.
-- An address is added only when the peer holds none of the addresses being added.
+- An address is added only when the peer holds none of the addresses being added (tagged
+  or not), and none of ours at all, and runs none of the services (`handover`).
 - Removing an IPv4 subnet's primary address drops its secondaries unless
   promote_secondaries is set: the plan sets it first whenever an address must survive,
   and lists removals secondaries-first so nothing is dropped as a side effect.
@@ -14,6 +15,7 @@ from __future__ import annotations
 from reconciler.addrtext import interface, sort_key
 from reconciler.model import AddressObs, InterfaceObs, NodeObservation
 from reconciler.plan.actions import Action, Guard, Kind
+from reconciler.plan import handover
 from reconciler.plan.context import Ctx
 
 
@@ -120,7 +122,11 @@ def _add_actions(ctx: Ctx, name: str, items: tuple[str, ...], kind: Kind) -> lis
     if not items:
         return []
     reach = ctx.peer_reachable_guard("it holds none of these addresses")
-    guards = [reach] if reach is not None else [_peer_free_guard(ctx, items)]
+    if reach is not None:
+        guards = [reach]
+    else:  # the second guard is shown only when the first, more specific one holds
+        free = _peer_free_guard(ctx, items)
+        guards = [free, handover.peer_released(ctx)] if free.holds else [free]
     why = (
         f"{ctx.me} is the Primary and these addresses are missing"
         if kind is Kind.ADD_ADDRESSES

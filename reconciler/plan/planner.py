@@ -3,6 +3,7 @@
 Order on the node that must be Primary (each step guarded on the peer's observed state):
   DRBD up/connect -> DRBD Primary -> mount -> PostgreSQL promote (+CHECKPOINT)
   -> floating addresses added (and announced) -> services started in spec order.
+  Addresses and services wait until the peer has released all of its own (`handover`).
 Order on any other node (demotion):
   services stopped in reverse -> PostgreSQL CHECKPOINT + fast stop -> floating addresses
   removed (their TCP connections reset first) -> unmount -> DRBD Secondary
@@ -21,7 +22,7 @@ both agents apply the same roles (see `agreement`).
 from __future__ import annotations
 
 from reconciler.model import NodeObservation, ServiceObs
-from reconciler.plan import agreement, drbd, net, postgres, unknown
+from reconciler.plan import agreement, drbd, handover, net, postgres, unknown
 from reconciler.plan.actions import Action, Kind, Plan
 from reconciler.plan.context import Ctx
 from reconciler.spec import LoadedSpec
@@ -53,10 +54,12 @@ def plan(spec: LoadedSpec, node: str, own: NodeObservation, peer: NodeObservatio
 def _services(ctx: Ctx, start: bool) -> list[Action]:
     out = []
     services = ctx.spec.spec.services if start else list(reversed(ctx.spec.spec.services))
+    released = handover.peer_released(ctx) if start else None
     for s in services:
         active = ctx.own.services.get(s.name, ServiceObs(active=False)).active
         if start and not active:
-            out.append(Action(Kind.START_SERVICE, s.name, f"{ctx.me} is the Primary and {s.name} is not running"))
+            out.append(Action(Kind.START_SERVICE, s.name, f"{ctx.me} is the Primary and {s.name} is not running",
+                              guards=(released,) if released is not None else ()))
         elif not start and active:
             out.append(Action(Kind.STOP_SERVICE, s.name, f"{ctx.me} is not the Primary: {s.name} runs on the Primary only"))
     return out

@@ -234,7 +234,10 @@ def _addresses(spec: Spec, doc: Doc) -> tuple[dict[str, tuple[str, ...]], bytes]
         same = a.block.count == b.block.count == 1
         verb = "repeats the address of" if same else "overlaps"
         raise b.error(f"{b.text} {verb} {a.text} ({a.where(b.file)})")
-    return group_expand((e.iface, e.block) for e in entries), ips_bytes
+    addresses = group_expand((e.iface, e.block) for e in entries)
+    if spec.floating_ips.interface is not None:  # managed even when empty: emptying the list removes ours
+        addresses.setdefault(spec.floating_ips.interface, ())
+    return addresses, ips_bytes
 
 
 def _spec_entries(spec: Spec, doc: Doc) -> list[_Entry]:

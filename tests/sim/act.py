@@ -213,8 +213,19 @@ def _drbd_up(node: Node, res: str) -> None:
     d.configured, d.standalone, d.role = True, False, "Secondary"
 
 
+def _check_demotion_order(world: World, spec: LoadedSpec, node: Node, a: Action) -> None:
+    """A demoting node stops its Primary-only services before it takes PostgreSQL or the
+    floating addresses away from under them (a service's status that cannot be read is not
+    a stopped service)."""
+    if spec.spec.primary != node.name and a.kind in (Kind.PG_STOP, Kind.REMOVE_ADDRESSES):
+        live = sorted(name for name, up in node.services.items() if up)
+        if live:
+            world.violations.append(f"{node.name} ran {a.kind.value} while {live[0]} still runs there")
+
+
 def execute(world: World, spec: LoadedSpec, node: Node, a: Action, limit: int | None = None) -> str:
     """Run the action's micro-steps (only the first `limit` if the agent dies part-way)."""
+    _check_demotion_order(world, spec, node, a)
     todo = steps(world, spec, node, a)
     if limit is not None:
         todo = todo[:limit]

@@ -26,4 +26,5 @@ def make_spec(primary: str = "mx1", fenced: tuple[str, ...] = (), ips: tuple[str
     spec = Spec.model_validate(doc)
     addrs = tuple(sorted({ipaddress.ip_interface(a).with_prefixlen for a in ips},
                          key=lambda a: int(ipaddress.ip_interface(a).ip)))
-    return LoadedSpec(spec=spec, addresses={"eth0": addrs} if addrs else {}, digest=f"sim-{primary}-{fenced}-{ips}")
+    # as the loader does: floating_ips.interface is managed even with no addresses on it
+    return LoadedSpec(spec=spec, addresses={"eth0": addrs}, digest=f"sim-{primary}-{fenced}-{ips}")
