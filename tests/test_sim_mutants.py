@@ -17,11 +17,12 @@ from reconciler.plan import unknown as plan_unknown
 from reconciler.plan.actions import Guard
 from tests.test_sim_properties import NODES, Cluster
 
-# Examples needed to find each mutant, unseeded runs (15 each; 9 for the last): peer check
-# 6-594, DRBD guards 39-881, addresses 6-1,828, partial observation 101-3,519.  The budget
-# is about 3x the worst of those; derandomize makes every run search the same examples, so
-# the outcome is reproducible (a change that makes the search miss fails every time, not
-# now and then).  No shrinking: the violation is all this test needs, not its smallest form.
+# Examples needed to find each mutant, unseeded runs: peer check 6-594 (15 runs), DRBD
+# guards 39-881 (15); measured again after issue 9 (the handover guard, the demotion-order
+# invariant): addresses 31-548 (8), partial observation 11-745 (8), handover 5-2,745 (10).
+# The budget is about 3x the worst of those; derandomize makes every run search the same
+# examples, so the outcome is reproducible (a change that makes the search miss fails every
+# time, not now and then).  No shrinking: the violation is all this test needs.
 MUTANT_SETTINGS = settings(max_examples=10_000, stateful_step_count=40, deadline=None,
                            suppress_health_check=list(HealthCheck), database=None,
                            derandomize=True, phases=[Phase.generate], report_multiple_bugs=False)
