@@ -95,7 +95,7 @@ def FastWriter(c, mode: str = "fast", base: int = 10**9):  # noqa: ANN001, ANN20
             self.out = os.path.join(c.root, f"{mode}writes-{time.monotonic_ns()}.log")
             self.stop_file = self.out + ".stop"
             self.p = subprocess.Popen(
-                ["ip", "netns", "exec", c.ns["cl"], PY, os.path.join(ROOT_DIR, "bench", "_fastwriter.py"), VIP,
+                ["ip", "netns", "exec", c.ns["cl"], PY, "-m", "bench._fastwriter", VIP,  # -m: finds `demo` from cwd
                  self.out, self.stop_file, str(base), mode],
                 cwd=ROOT_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
