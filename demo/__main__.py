@@ -124,13 +124,9 @@ def run_demo() -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
-    p.add_argument("--real-drbd", action="store_true", help="run the demo on the two-VM DRBD lab (issue 4)")
-    args = p.parse_args()
-    if args.real_drbd:
-        from lab.demo import run_real_drbd_demo
-
-        return run_real_drbd_demo()
+    argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0],
+                            epilog="The same story on the two-VM DRBD lab: scripts/demo --real-drbd "
+                                   "(python -m lab.demo).").parse_args()
     if os.geteuid() != 0:
         print("the demo needs root (network namespaces, PostgreSQL run as its owner)", file=sys.stderr)
         return 1

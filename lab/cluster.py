@@ -28,15 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from demo.cluster import IDENT, SETUP_SQL  # the same roles and table as the namespace demo
+from demo.cluster import IDENT, SETUP_SQL, SVC  # the namespace demo's roles, table and stand-in service
 from lab.client import ExecResult, LabError
 from lab.lab import Lab
 from lab.provision import DEVICE, RESOURCE
 from lab.topology import NODES
 
-ROOT_DIR = str(Path(__file__).resolve().parents[1])
 PY = str(Path(sys.executable).parent / "python")  # the venv's python: the same path inside the VMs
-SVC = f"{ROOT_DIR}/demo/svc_daemon.py"
+# SVC (demo/svc_daemon.py, standard library only) runs by its host path: the same inside the VMs
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 MOUNT = "/srv/hvmail"

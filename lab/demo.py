@@ -1,4 +1,4 @@
-"""`python -m demo --real-drbd`: the demo's switchover story on the two-VM DRBD lab.
+"""`python -m lab.demo` (`scripts/demo --real-drbd`): the demo's switchover story on the two-VM DRBD lab.
 
 Boots mx1 and mx2 under qemu (`lab`), provisions DRBD r0, builds the cluster of
 `lab.cluster` (r0 on /srv/hvmail, PostgreSQL 15 on each VM's own storage, four
@@ -11,6 +11,7 @@ down again (always).  Takes 5-8 minutes: everything in the VMs runs under TCG em
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -101,3 +102,12 @@ def run_real_drbd_demo() -> int:
         except LabError as e:
             print(f"demo: {e}", file=sys.stderr)
         print(f"(the whole demo took {time.monotonic() - t_start:.0f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__.splitlines()[0]).parse_args(argv)
+    return run_real_drbd_demo()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
