@@ -171,9 +171,9 @@ def story(run: Run, request: pytest.FixtureRequest) -> Iterator[Run]:
 # ---- helpers ------------------------------------------------------------------------------------
 
 def lab_cli(r: Run, verb: str, node: str) -> None:
-    """`python -m lab cut|restore NODE`, as the operator's shell would run it."""
+    """`python -m lab cut|restore NODE`, as the operator's shell would run it (from the checkout)."""
     subprocess.run([sys.executable, "-m", "lab", "--name", r.lab.lay.name, "--state",
-                    str(r.lab.lay.state), verb, node], check=True, timeout=60)
+                    str(r.lab.lay.state), verb, node], check=True, timeout=60, cwd=Path(__file__).parents[1])
 
 
 def wait_drbd(r: Run, what: str, ok, timeout: float = 120.0) -> dict[str, DrbdObs]:
