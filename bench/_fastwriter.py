@@ -1,13 +1,13 @@
 """A client that commits one row at a time through the floating IP and logs each
 acknowledged commit (`id monotonic_time`) until the stop file appears.
 
-    _fastwriter.py HOST OUTFILE STOPFILE ID_BASE [fast|plain]
+    python -m bench._fastwriter HOST OUTFILE STOPFILE ID_BASE [fast|plain]   (from the checkout)
 
 `fast` (default) never waits on TCP's own timers: a reconnect first probes the port with a
 50 ms TCP connect (every 10 ms), unacknowledged data kills the connection after 200 ms
 (tcp_user_timeout) and a silent peer after ~2 s (keepalives): its outage is the cluster's,
 without the client's SYN backoff.  `plain` is exactly the test suite's writer
-(reconciler/demo/writer.py: connect_timeout=1, libpq defaults otherwise; the loop is its `commit_rows`), with ids from
+(demo/writer.py: connect_timeout=1, libpq defaults otherwise; the loop is its `commit_rows`), with ids from
 ID_BASE so that it can replace a hung one on the same table.
 """
 
@@ -20,7 +20,7 @@ import time
 
 import psycopg
 
-from reconciler.demo.writer import commit_rows
+from demo.writer import commit_rows
 
 
 def reachable(host: str) -> bool:

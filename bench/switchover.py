@@ -1,6 +1,6 @@
 """3. Planned switchover: write outage seen by a client, and time to full convergence.
 
-The real two-node cluster of tests/twonode.py (namespaces on a bridge, PostgreSQL 15 per
+The real two-node cluster of demo/cluster.py (namespaces on a bridge, PostgreSQL 15 per
 node, the real agents with JSON logs), 1,000 floating IPs, and the test suite's Writer
 client committing one row at a time through the floating IP.  Each switchover edits
 `primary:` in both nodes' spec files (atomic rename); the outage is the longest gap between
@@ -86,8 +86,8 @@ class Floor:
 
 def FastWriter(c, mode: str = "fast", base: int = 10**9):  # noqa: ANN001, ANN201, N802
     """The test suite's Writer class, running bench/_fastwriter.py (ids from `base`: same table)."""
+    from demo.cluster import PY, ROOT_DIR, VIP
     from tests.test_integration import Writer
-    from tests.twonode import PY, ROOT_DIR, VIP
 
     class _Fast(Writer):
         def __init__(self, c) -> None:  # noqa: ANN001
@@ -95,7 +95,7 @@ def FastWriter(c, mode: str = "fast", base: int = 10**9):  # noqa: ANN001, ANN20
             self.out = os.path.join(c.root, f"{mode}writes-{time.monotonic_ns()}.log")
             self.stop_file = self.out + ".stop"
             self.p = subprocess.Popen(
-                ["ip", "netns", "exec", c.ns["cl"], PY, os.path.join(ROOT_DIR, "bench", "_fastwriter.py"), VIP,
+                ["ip", "netns", "exec", c.ns["cl"], PY, "-m", "bench._fastwriter", VIP,  # -m: finds `demo` from cwd
                  self.out, self.stop_file, str(base), mode],
                 cwd=ROOT_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
@@ -107,7 +107,7 @@ def FastWriter(c, mode: str = "fast", base: int = 10**9):  # noqa: ANN001, ANN20
 def _json_twonode(n_ips: int, services: bool = True):  # noqa: ANN202
     import re
 
-    from tests.twonode import PY, ROOT_DIR, TwoNode
+    from demo.cluster import PY, ROOT_DIR, TwoNode
 
     class JsonTwoNode(TwoNode):
         """TwoNode whose agents log JSON (ts with ms, duration_s per action); without
@@ -230,8 +230,8 @@ def run(report: Report, quick: bool = False) -> None:
 
 
 def run_variant(report: Report, floor: Floor, rounds: int, services: bool) -> None:
+    from demo.cluster import NODES, wait_for
     from tests.test_integration import Writer, rows_on
-    from tests.twonode import NODES, wait_for
 
     name = "3 switchover" if services else "3 switchover, no service"
     c = None
@@ -335,7 +335,7 @@ def run_variant(report: Report, floor: Floor, rounds: int, services: bool) -> No
 
 def _diagnose(c, w, fw, t_mono: float) -> str:  # noqa: ANN001
     """Why a client stopped writing: its last acks, who holds the VIP, the client's neighbour entry."""
-    from tests.twonode import VIP, in_ns
+    from demo.cluster import VIP, in_ns
 
     now = time.monotonic()
     parts = []

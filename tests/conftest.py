@@ -37,8 +37,8 @@ PG_BIN = os.environ.get("RECONCILER_PG_BIN", "/usr/lib/postgresql/15/bin")
 
 
 def need_lab() -> None:
-    """What the two-VM lab (reconciler.lab) needs on the host."""
-    from reconciler.lab import initrd
+    """What the two-VM lab (lab/) needs on the host."""
+    from lab import initrd
 
     need_root()
     need(shutil.which("qemu-system-x86_64") is not None, "needs qemu-system-x86 (scripts/setup installs it)")

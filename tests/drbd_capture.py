@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.lab.client import ExecResult, LabError
-from reconciler.lab.lab import Lab
-from reconciler.lab.provision import CONFIG_PATH, DEVICE, RESOURCE, observe, provision, resource_config
-from reconciler.lab.topology import layout_from_env
+from lab.client import ExecResult, LabError
+from lab.drive import GUEST_ENV
+from lab.lab import Lab
+from lab.provision import CONFIG_PATH, DEVICE, RESOURCE, observe, provision, resource_config
+from lab.topology import layout_from_env
 
 OUT = Path(__file__).resolve().parent / "fixtures" / "drbd" / "real"
 MNT = "/mnt/r0"
@@ -33,9 +34,10 @@ class Capture:
     lab: Lab
     rows: list[str] = field(default_factory=list)
 
-    def save(self, name: str, node: str, argv: list[str], step: str, want_rc: int | None = 0) -> ExecResult:
+    def save(self, name: str, node: str, argv: list[str], step: str, want_rc: int | None = 0,
+             env: dict[str, str] | None = None) -> ExecResult:
         """Run argv on node; keep stdout (rc 0) or stderr (else) as NAME.txt; check the exit code."""
-        r = self.lab.exec(node, argv, timeout=120)
+        r = self.lab.exec(node, argv, timeout=120, env=env)
         if want_rc is not None and r.rc != want_rc:
             raise LabError(f"{name}: expected exit {want_rc}, got {r.rc}: {r.stderr.strip()}")
         text = r.stdout if r.rc == 0 else r.stderr
@@ -132,16 +134,16 @@ def split_brain(c: Capture) -> None:
         c.status("split_brain", n, "`lab restore mx2` after both were Primary: handshake found a split brain")
         c.save(f"dmesg_split_brain.{n}", n, ["dmesg"], "kernel log after the split brain")
         c.save(f"kmsg_split_brain.{n}", n, KMSG, "/dev/kmsg records containing drbd (read_kmsg)")
-        c.save(f"drive_read_split_brain.{n}", n, [PY, "-m", "reconciler.lab.drive", "read", RESOURCE, DEVICE],
-               "the project's read_drbd, run in the VM")
+        c.save(f"drive_read_split_brain.{n}", n, [PY, "-m", "lab.drive", "read", RESOURCE, DEVICE],
+               "the project's read_drbd, run in the VM", env=GUEST_ENV)
 
 
 README_HEAD = """# Real DRBD 8.4 output, captured in the project's VM lab
 
 Captured by `tests/drbd_capture.py` (`.venv/bin/python -m tests.drbd_capture`, as root) in
-the two-VM lab of `reconciler.lab`: Debian kernel {kernel} with its in-tree DRBD 8.4.11,
+the two-VM lab (`lab/`): Debian kernel {kernel} with its in-tree DRBD 8.4.11,
 drbd-utils 9.22.0 (the host's, through the read-only shared root), resource `r0` as written by
-`python -m reconciler.lab provision` (protocol C, `fencing dont-care`, /dev/vda, skip-sync).
+`python -m lab provision` (protocol C, `fencing dont-care`, /dev/vda, skip-sync).
 Each file is the command's verbatim stdout when it exited 0, else its verbatim stderr.
 Steps run in the order below; `rc` is the exit code.
 

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_demo_runs_end_to_end():
     need_netns()
     need_postgres()
-    r = subprocess.run([sys.executable, "-m", "reconciler.demo"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "demo"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "0 missing on the new primary" in r.stdout
     assert "+ primary: mx2" in r.stdout and "Write outage seen by the client" in r.stdout

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.lab.client import LabError
-from reconciler.lab.cluster import BASE, MOUNT, PG_BIN, PY, LabCluster, Writer, floating, last_state
-from reconciler.lab.lab import Lab
-from reconciler.lab.provision import DEVICE, RESOURCE, observe, provision
-from reconciler.lab.topology import DRBD_DISK, Layout
+from lab.client import LabError
+from lab.cluster import BASE, MOUNT, PG_BIN, PY, LabCluster, Writer, floating, last_state
+from lab.lab import Lab
+from lab.provision import DEVICE, RESOURCE, observe, provision
+from lab.topology import DRBD_DISK, Layout
 from reconciler.model import DrbdObs
 from tests.conftest import need, need_lab
 
@@ -125,10 +125,10 @@ CAPTURE_README = """\
 
 Captured by `tests/test_e2e_lab.py` with `RECONCILER_E2E_CAPTURE=$PWD/tests/fixtures/drbd/real/e2e`
 (as root: `RECONCILER_E2E_CAPTURE=... .venv/bin/python -m pytest -s tests/test_e2e_lab.py`), in the
-two-VM lab of `reconciler.lab` (Debian kernel 6.1 with its in-tree DRBD 8.4.11, the host's
-drbd-utils 9.22 through the read-only shared root, r0 from `python -m reconciler.lab provision`:
+two-VM lab (`lab/`: Debian kernel 6.1 with its in-tree DRBD 8.4.11, the host's
+drbd-utils 9.22 through the read-only shared root, r0 from `python -m lab provision`:
 protocol C, `fencing dont-care`, /dev/vda) while the real agents (`reconciler run`) ran the cluster
-of `reconciler.lab.cluster`: r0 mounted on /srv/hvmail on the Primary, PostgreSQL 15, floating IPs
+of `lab.cluster`: r0 mounted on /srv/hvmail on the Primary, PostgreSQL 15, floating IPs
 on eth1, a client writing from the host.  These are the states the agents themselves went through:
 Primary with a mounted filesystem, a Primary cut off while writing, a takeover declared with
 `fenced:`, a split brain with the old Primary already Secondary, the operator's recovery.
@@ -171,9 +171,9 @@ def story(run: Run, request: pytest.FixtureRequest) -> Iterator[Run]:
 # ---- helpers ------------------------------------------------------------------------------------
 
 def lab_cli(r: Run, verb: str, node: str) -> None:
-    """`python -m reconciler.lab cut|restore NODE`, as the operator's shell would run it."""
-    subprocess.run([sys.executable, "-m", "reconciler.lab", "--name", r.lab.lay.name, "--state",
-                    str(r.lab.lay.state), verb, node], check=True, timeout=60)
+    """`python -m lab cut|restore NODE`, as the operator's shell would run it (from the checkout)."""
+    subprocess.run([sys.executable, "-m", "lab", "--name", r.lab.lay.name, "--state",
+                    str(r.lab.lay.state), verb, node], check=True, timeout=60, cwd=Path(__file__).parents[1])
 
 
 def wait_drbd(r: Run, what: str, ok, timeout: float = 120.0) -> dict[str, DrbdObs]:

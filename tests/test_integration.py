@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from demo.cluster import CLIENT_ADDR, NODES, PY, ROOT_DIR, VIP, WRITER, TwoNode, in_ns, wait_for
 from tests.conftest import need_netns, need_postgres
-from tests.twonode import CLIENT_ADDR, NODES, PY, ROOT_DIR, VIP, WRITER, TwoNode, in_ns, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
+from demo.cluster import NODES, PY, ROOT_DIR, VIP, TwoNode, in_ns, wait_for
 from tests.conftest import need_netns, need_postgres
 from tests.gitrepo import git, init_repo
 from tests.test_integration import assert_primary, holds
-from tests.twonode import NODES, PY, ROOT_DIR, VIP, TwoNode, in_ns, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """The project's DRBD driver against real DRBD 8.4 in the two-VM lab (slow: about 2-3 minutes).
 
-lab up -> provision -> `python -m reconciler.lab.drive` (read_drbd / primary / secondary)
+lab up -> provision -> `python -m lab.drive` (read_drbd / primary / secondary)
 inside the VMs -> cut/restore mx2's replication link -> lab down.  Every assertion is on
 what the driver observed or returned in the VM.
 """
@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from reconciler.execute.drbd import RETRY_DELAYS_S
-from reconciler.lab.client import LabError
-from reconciler.lab.lab import Lab
-from reconciler.lab.provision import DEVICE, RESOURCE, observe, provision
-from reconciler.lab.topology import Layout
+from lab.client import LabError
+from lab.drive import GUEST_ENV
+from lab.lab import Lab
+from lab.provision import DEVICE, RESOURCE, observe, provision
+from lab.topology import Layout
 from tests.conftest import need_lab
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def drive(lab: Lab, node: str, verb: str) -> dict[str, Any]:
-    r = lab.exec(node, [PY, "-m", "reconciler.lab.drive", verb, RESOURCE, DEVICE], timeout=120).check()
+    r = lab.exec(node, [PY, "-m", "lab.drive", verb, RESOURCE, DEVICE], timeout=120, env=GUEST_ENV).check()
     return dict(json.loads(r.stdout))
 
 

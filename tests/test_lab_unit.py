@@ -1,4 +1,4 @@
-"""reconciler.lab without VMs: initramfs layout, the agent and client protocol over a Unix
+"""The lab (lab/) without VMs: initramfs layout, the agent and client protocol over a Unix
 socket, the DRBD resource file, and `up` cleaning up after itself when it fails."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.lab import agent, client, initrd, vm
-from reconciler.lab import lab as lab_mod
-from reconciler.lab.client import LabError
-from reconciler.lab.lab import Lab
-from reconciler.lab.provision import resource_config
-from reconciler.lab.topology import Layout, node
+from lab import agent, client, initrd, vm
+from lab import lab as lab_mod
+from lab.client import LabError
+from lab.lab import Lab
+from lab.provision import resource_config
+from lab.topology import Layout, node
 from tests.conftest import need, need_netns
 
 

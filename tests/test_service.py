@@ -1,4 +1,4 @@
-"""Services: the `commands` backend against a real pidfile daemon (reconciler/demo/svc_daemon.py,
+"""Services: the `commands` backend against a real pidfile daemon (demo/svc_daemon.py,
 run with this venv's python), and the systemd backend only where systemd is PID 1."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from reconciler.observe import service as obs_service
 from reconciler.observe.service import ServiceObserveError, parse_is_active, read_service, read_services
 from reconciler.spec.models import CommandSet, Service
 
-DAEMON = str(Path(__file__).parent.parent / "reconciler" / "demo" / "svc_daemon.py")
+DAEMON = str(Path(__file__).parent.parent / "demo" / "svc_daemon.py")
 PY = sys.executable
 
 

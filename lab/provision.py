@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from reconciler.lab.client import ExecResult, LabError
-from reconciler.lab.lab import Lab
-from reconciler.lab.topology import DRBD_DISK, NODES
+from lab.client import ExecResult, LabError
+from lab.lab import Lab
+from lab.topology import DRBD_DISK, NODES
 from reconciler.model import DrbdObs
 from reconciler.observe.drbd import parse_sh_status
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import _cmd
-from reconciler.lab import client, initrd, vm
-from reconciler.lab.client import ExecResult, LabError
-from reconciler.lab.topology import DISK_MB, NODES, Layout, Node, node
+from lab import client, initrd, vm
+from lab.client import ExecResult, LabError
+from lab.topology import DISK_MB, NODES, Layout, Node, node
 
 BOOT_TIMEOUT_S = 120.0
 
@@ -104,7 +104,7 @@ class Lab:
         mgmt = f"{self.lay.mgmt_net}.0/24"
         if _cmd.run(["ip", "-o", "addr", "show", "to", mgmt], timeout=10).stdout.strip():
             raise LabError(f"{mgmt} is already in use on a host interface (another lab named like "
-                           f"{self.lay.name!r}, or a leftover: `python -m reconciler.lab down` with its state dir)")
+                           f"{self.lay.name!r}, or a leftover: `python -m lab down` with its state dir)")
 
     def _record(self, j: Journal, file: Path | None = None, dir_: Path | None = None) -> None:
         if file is not None:

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from reconciler import _cmd
-from reconciler.lab.agent import PORT_NAME
-from reconciler.lab.client import LabError
-from reconciler.lab.topology import MEM_MB, Layout, Node
+from lab.agent import PORT_NAME
+from lab.client import LabError
+from lab.topology import MEM_MB, Layout, Node
 
 QEMU = "qemu-system-x86_64"
 AGENT = str(Path(__file__).with_name("agent.py"))

@@ -35,7 +35,7 @@ CLIENT_ADDR = "10.77.0.100"
 VIP = "10.77.100.1"
 # Both nodes share one filesystem here, so data_dir, socket_dir and the service pidfile
 # differ per node ({node} in the spec text); on real machines the spec is identical.
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SVC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "svc_daemon.py")
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "writer.py")
 PY = sys.executable

@@ -1,4 +1,4 @@
-"""`python -m reconciler.lab up|provision|exec|cut|restore|status|down` (root; see the package doc).
+"""`python -m lab up|provision|exec|cut|restore|status|down` (root; see the package doc).
 
 `exec NODE [--timeout S] [--bg] -- ARGV...` prints the command's stdout and stderr and exits
 with its exit code (124 on timeout, 127 if it could not start); other commands exit 0 on
@@ -12,13 +12,13 @@ import json
 import sys
 import time
 
-from reconciler.lab.client import LabError
-from reconciler.lab.lab import Lab
-from reconciler.lab.topology import layout_from_env
+from lab.client import LabError
+from lab.lab import Lab
+from lab.topology import layout_from_env
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reconciler.lab", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
     p.add_argument("--state", help="state directory (env RECONCILER_LAB_DIR, default /run/reconciler-lab)")
     p.add_argument("--name", help="netns / link prefix (env RECONCILER_LAB_NAME, default rlab)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "status":
             print(json.dumps(lab.status(), indent=2))
         elif a.cmd == "provision":
-            from reconciler.lab.provision import provision
+            from lab.provision import provision
 
             print(provision(lab, fencing=a.fencing, wipe=a.wipe))
         elif a.cmd in ("cut", "restore"):

@@ -1,7 +1,7 @@
 """Host side of the control channel: one JSON request per connection to a VM's ctl.sock.
 
 qemu serves the socket (one client at a time; others wait in the backlog) and relays it
-to the guest's virtio-serial port, where reconciler.lab.agent answers.  Replies carry the
+to the guest's virtio-serial port, where lab.agent answers.  Replies carry the
 request's `id`, so a late reply meant for a client that gave up is skipped, not misread.
 """
 

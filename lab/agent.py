@@ -2,7 +2,7 @@
 
 Runs in the VM as `python3 -I agent.py` (standard library only).  Requests and replies are
 JSON lines carrying an `id`; there is no network listener: the port's host end is a Unix
-socket in the host's root-only lab directory.  See reconciler.lab.client for the protocol.
+socket in the host's root-only lab directory.  See lab.client for the protocol.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The reconciler itself on the two-VM lab: real DRBD 8.4, PostgreSQL 15 and floating IPs.
 
-`LabCluster(lab)` turns a provisioned lab (`reconciler.lab.provision`) into the cluster of
+`LabCluster(lab)` turns a provisioned lab (`lab.provision`) into the cluster of
 `spec_text()`: r0 mounted on /srv/hvmail on the Primary, PostgreSQL on each VM's own
 storage (the tmpfs overlay, not DRBD; initialised on mx1, cloned to mx2 by the agent),
 floating IPs on eth1 (the management network, where the host's client is), the
@@ -28,15 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from reconciler.demo.cluster import IDENT, SETUP_SQL  # the same roles and table as the namespace demo
-from reconciler.lab.client import ExecResult, LabError
-from reconciler.lab.lab import Lab
-from reconciler.lab.provision import DEVICE, RESOURCE
-from reconciler.lab.topology import NODES
+from demo.cluster import IDENT, SETUP_SQL, SVC  # the namespace demo's roles, table and stand-in service
+from lab.client import ExecResult, LabError
+from lab.lab import Lab
+from lab.provision import DEVICE, RESOURCE
+from lab.topology import NODES
 
-ROOT_DIR = str(Path(__file__).resolve().parents[2])
 PY = str(Path(sys.executable).parent / "python")  # the venv's python: the same path inside the VMs
-SVC = f"{ROOT_DIR}/reconciler/demo/svc_daemon.py"
+# SVC (demo/svc_daemon.py, standard library only) runs by its host path: the same inside the VMs
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 MOUNT = "/srv/hvmail"
@@ -83,7 +82,7 @@ def floating(mgmt_net: str) -> list[str]:
 def spec_text(mgmt_net: str, primary: str = "mx1", fenced: tuple[str, ...] = ()) -> str:
     svc = lambda verb: f"[{PY}, {SVC}, {verb}, {BASE}/app.pid]"  # noqa: E731
     nodes = "\n".join(f"  {n.name}: {{address: {n.repl_ip}}}" for n in NODES)
-    return f"""# The two-VM lab cluster (reconciler.lab.cluster): the same file on mx1 and mx2.
+    return f"""# The two-VM lab cluster (lab.cluster): the same file on mx1 and mx2.
 cluster: lab
 nodes:
 {nodes}
@@ -301,7 +300,7 @@ class Writer:
     def _run(self) -> None:
         import psycopg
 
-        from reconciler.demo.writer import commit_rows
+        from demo.writer import commit_rows
 
         def connect() -> psycopg.Connection:
             # tcp_user_timeout: a commit sent to an address that moved fails in 10 s, not in minutes

@@ -1,7 +1,7 @@
-"""`python -m reconciler.demo --real-drbd`: the demo's switchover story on the two-VM DRBD lab.
+"""`python -m lab.demo` (`scripts/demo --real-drbd`): the demo's switchover story on the two-VM DRBD lab.
 
-Boots mx1 and mx2 under qemu (`reconciler.lab`), provisions DRBD r0, builds the cluster of
-`reconciler.lab.cluster` (r0 on /srv/hvmail, PostgreSQL 15 on each VM's own storage, four
+Boots mx1 and mx2 under qemu (`lab`), provisions DRBD r0, builds the cluster of
+`lab.cluster` (r0 on /srv/hvmail, PostgreSQL 15 on each VM's own storage, four
 floating IPs on eth1, the stand-in service), shows the plans, starts the agents inside the
 VMs, lets a client on the host commit rows through the floating address, switches over by editing
 one line of the file on both VMs, reports the write outage and the acknowledged commits
@@ -11,15 +11,16 @@ down again (always).  Takes 5-8 minutes: everything in the VMs runs under TCG em
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 
-from reconciler.lab.client import LabError
-from reconciler.lab.cluster import SPEC, STATE_DIR, LabCluster, Writer, spec_text
-from reconciler.lab.lab import Lab
-from reconciler.lab.provision import provision
-from reconciler.lab.topology import Layout
+from lab.client import LabError
+from lab.cluster import SPEC, STATE_DIR, LabCluster, Writer, spec_text
+from lab.lab import Lab
+from lab.provision import provision
+from lab.topology import Layout
 
 NAME, STATE = "rlabdemo", Path("/run/reconciler-lab-demo")
 
@@ -101,3 +102,12 @@ def run_real_drbd_demo() -> int:
         except LabError as e:
             print(f"demo: {e}", file=sys.stderr)
         print(f"(the whole demo took {time.monotonic() - t_start:.0f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__.splitlines()[0]).parse_args(argv)
+    return run_real_drbd_demo()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

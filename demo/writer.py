@@ -4,7 +4,7 @@ acknowledged commit (`id monotonic_time`), until the stop file appears.
     writer.py HOST OUTFILE STOPFILE
 
 `commit_rows` is the loop itself, shared with the lab's in-process writer
-(reconciler.lab.cluster.Writer) and the benchmark's fast client (bench/_fastwriter.py).
+(lab.cluster.Writer) and the benchmark's fast client (bench/_fastwriter.py).
 """
 
 from __future__ import annotations

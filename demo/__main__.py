@@ -1,4 +1,4 @@
-"""`python -m reconciler.demo`: the main job on a local two-node cluster, end to end.
+"""`python -m demo`: the main job on a local two-node cluster, end to end.
 
 Builds two nodes in network namespaces (real PostgreSQL 15 in each, a stand-in mail
 service, floating addresses), shows the live plan, applies it, starts both agents, lets
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from reconciler.demo.cluster import NODES, PY, ROOT_DIR, VIP, WRITER, TwoNode, in_ns, wait_for
+from demo.cluster import NODES, PY, ROOT_DIR, VIP, WRITER, TwoNode, in_ns, wait_for
 
 DEMO_ROOT = "/run/reconciler-demo"
 SPEC = os.path.join(ROOT_DIR, "specs", "demo.yaml")
@@ -124,13 +124,9 @@ def run_demo() -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m reconciler.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--real-drbd", action="store_true", help="run the demo on the two-VM DRBD lab (issue 4)")
-    args = p.parse_args()
-    if args.real_drbd:
-        from reconciler.lab.demo import run_real_drbd_demo
-
-        return run_real_drbd_demo()
+    argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0],
+                            epilog="The same story on the two-VM DRBD lab: scripts/demo --real-drbd "
+                                   "(python -m lab.demo).").parse_args()
     if os.geteuid() != 0:
         print("the demo needs root (network namespaces, PostgreSQL run as its owner)", file=sys.stderr)
         return 1
