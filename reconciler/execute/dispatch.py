@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.plan.actions import Action, Kind
+from reconciler.plan.kinds import DrbdMount, ReplicationSource
 from reconciler.spec import LoadedSpec
 from reconciler.spec.models import DrbdResource, Postgres, Service
 
@@ -50,10 +51,10 @@ def _pg(spec: LoadedSpec) -> Postgres:
 
 
 def _src(a: Action) -> tuple[str, int, str]:
-    host, port, node = a.param("host"), a.param("port"), a.param("node")
-    if not host or not port or not node:
+    s = a.payload
+    if not isinstance(s, ReplicationSource) or not s.host:
         raise ActionFailed(f"{a.kind.value}: no replication source")
-    return host, int(port), node
+    return s.host, s.port, s.node
 
 
 _announcer = None
@@ -104,7 +105,7 @@ def _table(spec: LoadedSpec, a: Action) -> dict[Kind, Callable[[], object]]:
     from reconciler.execute import drbd, mount, net, postgres, service
 
     def do_mount() -> None:
-        r = _resource(spec, a.param("resource") or a.target)
+        r = _resource(spec, a.payload.resource if isinstance(a.payload, DrbdMount) else a.target)
         mount.mount(r.device, a.target, r.fstype, r.options)
 
     return {
