@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from reconciler.model import NodeObservation
 from reconciler.plan.actions import Kind
-from reconciler.plan.agreement import ROLE_KINDS, spec_roles
+from reconciler.plan.agreement import spec_roles
 from reconciler.plan.planner import plan
 from tests.test_planner_cases import SPEC, snap, spec_with
 
@@ -31,7 +31,7 @@ def test_demotion_waits_while_the_peer_applies_the_old_roles_and_names_both_revi
     text = "; ".join(first.waiting_on)
     assert "revisions disagree" in text and f"revision {NEW[:12]}" in text and f"revision {OLD[:12]}" in text
     assert "primary=mx2" in text and "primary=mx1" in text
-    assert all(same_revision_guard(a) and not same_revision_guard(a).holds for a in p.actions if a.kind in ROLE_KINDS)
+    assert all(same_revision_guard(a) and not same_revision_guard(a).holds for a in p.actions if a.kind.row.changes_role)
     assert any("revisions disagree" in n for n in p.notes)
 
 

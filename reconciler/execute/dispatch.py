@@ -1,7 +1,8 @@
 """Run one planned action with the driver that owns it; the result is one line.
 
-This is the only place that maps an action kind to a driver call.  It never decides
-anything: guards were evaluated by the planner, and the loop observes again afterwards.
+This is the only place that maps an action kind to a driver call (`_execute`: mypy
+--strict reports a kind left out of it).  It never decides anything: guards were
+evaluated by the planner, and the loop observes again afterwards.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import assert_never
 
 from reconciler.plan.actions import Action, Kind
+from reconciler.plan.kinds import DrbdMount, ReplicationSource
 from reconciler.spec import LoadedSpec
 from reconciler.spec.models import DrbdResource, Postgres, Service
 
@@ -49,11 +52,10 @@ def _pg(spec: LoadedSpec) -> Postgres:
     return spec.spec.postgres
 
 
-def _src(a: Action) -> tuple[str, int, str]:
-    host, port, node = a.param("host"), a.param("port"), a.param("node")
-    if not host or not port or not node:
+def _src(a: Action) -> ReplicationSource:
+    if not isinstance(a.payload, ReplicationSource) or not a.payload.host:
         raise ActionFailed(f"{a.kind.value}: no replication source")
-    return host, int(port), node
+    return a.payload
 
 
 _announcer = None
@@ -100,37 +102,63 @@ def _drbd(fn: Callable, spec: LoadedSpec, a: Action) -> str:
     return getattr(r, "outcome", "ok").__str__()
 
 
-def _table(spec: LoadedSpec, a: Action) -> dict[Kind, Callable[[], object]]:
+def _execute(spec: LoadedSpec, a: Action) -> object:
     from reconciler.execute import drbd, mount, net, postgres, service
 
-    def do_mount() -> None:
-        r = _resource(spec, a.param("resource") or a.target)
-        mount.mount(r.device, a.target, r.fstype, r.options)
-
-    return {
-        Kind.STOP_SERVICE: lambda: service.stop(_service(spec, a.target)),
-        Kind.START_SERVICE: lambda: service.start(_service(spec, a.target)),
-        Kind.SET_PROMOTE_SECONDARIES: lambda: _net(net.set_promote_secondaries, a),
-        Kind.REMOVE_ADDRESSES: lambda: _net(net.remove_addresses, a),
-        Kind.ADD_ADDRESSES: lambda: _net(net.add_addresses, a, spec),
-        Kind.ADOPT_ADDRESSES: lambda: _net(net.adopt_addresses, a, spec),
-        Kind.UNMOUNT: lambda: mount.unmount(a.target),
-        Kind.MOUNT: do_mount,
-        Kind.DRBD_UP: lambda: _drbd(drbd.up, spec, a),
-        Kind.DRBD_CONNECT: lambda: _drbd(drbd.connect, spec, a),
-        Kind.DRBD_SECONDARY: lambda: _drbd(drbd.secondary, spec, a),
-        Kind.DRBD_PRIMARY: lambda: _drbd(drbd.primary, spec, a),
-        Kind.PG_STOP: lambda: postgres.stop(_pg(spec)),
-        Kind.PG_CRASH_RECOVER: lambda: postgres.crash_recover(_pg(spec)),
-        Kind.PG_CLONE: lambda: postgres.clone(_pg(spec), *_src(a)),
-        Kind.PG_REWIND: lambda: postgres.rewind(_pg(spec), *_src(a)),
-        Kind.PG_START_STANDBY: lambda: postgres.start_standby(_pg(spec), *_src(a)),
-        Kind.PG_RETARGET: lambda: postgres.retarget(_pg(spec), *_src(a)),
-        Kind.PG_START_PRIMARY: lambda: postgres.start_primary(_pg(spec)),
-        Kind.PG_PROMOTE: lambda: postgres.promote(_pg(spec)),
-        Kind.PG_CHECKPOINT: lambda: postgres.checkpoint(_pg(spec)),
-        Kind.AWAIT: lambda: _nothing_to_run(a),
-    }
+    kind = a.kind
+    match kind:
+        case Kind.STOP_SERVICE:
+            service.stop(_service(spec, a.target))
+        case Kind.START_SERVICE:
+            service.start(_service(spec, a.target))
+        case Kind.SET_PROMOTE_SECONDARIES:
+            return _net(net.set_promote_secondaries, a)
+        case Kind.REMOVE_ADDRESSES:
+            return _net(net.remove_addresses, a)
+        case Kind.ADD_ADDRESSES:
+            return _net(net.add_addresses, a, spec)
+        case Kind.ADOPT_ADDRESSES:
+            return _net(net.adopt_addresses, a, spec)
+        case Kind.UNMOUNT:
+            mount.unmount(a.target)
+        case Kind.MOUNT:
+            r = _resource(spec, a.payload.resource if isinstance(a.payload, DrbdMount) else a.target)
+            mount.mount(r.device, a.target, r.fstype, r.options)
+        case Kind.DRBD_UP:
+            return _drbd(drbd.up, spec, a)
+        case Kind.DRBD_CONNECT:
+            return _drbd(drbd.connect, spec, a)
+        case Kind.DRBD_SECONDARY:
+            return _drbd(drbd.secondary, spec, a)
+        case Kind.DRBD_PRIMARY:
+            return _drbd(drbd.primary, spec, a)
+        case Kind.PG_STOP:
+            return postgres.stop(_pg(spec))
+        case Kind.PG_CRASH_RECOVER:
+            return postgres.crash_recover(_pg(spec))
+        case Kind.PG_CLONE:
+            pg, s = _pg(spec), _src(a)
+            return postgres.clone(pg, s.host, s.port, s.node)
+        case Kind.PG_REWIND:
+            pg, s = _pg(spec), _src(a)
+            return postgres.rewind(pg, s.host, s.port, s.node)
+        case Kind.PG_START_STANDBY:
+            pg, s = _pg(spec), _src(a)
+            return postgres.start_standby(pg, s.host, s.port, s.node)
+        case Kind.PG_RETARGET:
+            pg, s = _pg(spec), _src(a)
+            return postgres.retarget(pg, s.host, s.port, s.node)
+        case Kind.PG_START_PRIMARY:
+            return postgres.start_primary(_pg(spec))
+        case Kind.PG_PROMOTE:
+            return postgres.promote(_pg(spec))
+        case Kind.PG_CHECKPOINT:
+            return postgres.checkpoint(_pg(spec))
+        case Kind.AWAIT:
+            return _nothing_to_run(a)
+        case _:
+            assert_never(kind)
+    return None
 
 
 def one_line(msg: str, limit: int = 600) -> str:
@@ -148,14 +176,9 @@ def run_action(spec: LoadedSpec, a: Action) -> Result:
     if a.blocked:
         return Result(False, "blocked: " + "; ".join(a.waiting_on))
     try:
-        out = _table(spec, a)[a.kind]()
+        out = _execute(spec, a)
     except ActionFailed as e:
         return Result(False, str(e))
     except Exception as e:  # a driver error is reported, never raised into the loop
         return Result(False, one_line(f"{type(e).__name__}: {e}"))
     return Result(True, str(out).splitlines()[0][:300] if out else "")
-
-
-def kinds_with_executor(spec: LoadedSpec) -> set[Kind]:
-    dummy = Action(Kind.PG_CHECKPOINT, "postgres", "")
-    return set(_table(spec, dummy))

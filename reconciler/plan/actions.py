@@ -9,65 +9,10 @@ and the loop waits (polls) instead of retrying.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 
+from reconciler.plan.kinds import Kind, Payload
 
-class Kind(str, Enum):
-    """Each kind: precondition -> effect (postcondition)."""
-
-    STOP_SERVICE = "stop_service"  # service active -> inactive
-    START_SERVICE = "start_service"  # inactive -> active (after mounts, PostgreSQL and IPs)
-    SET_PROMOTE_SECONDARIES = "set_promote_secondaries"  # sysctl promote_secondaries=1 on `target`
-    REMOVE_ADDRESSES = "remove_addresses"  # owned addresses `items` on `target` -> gone (secondaries first)
-    ADOPT_ADDRESSES = "adopt_addresses"  # untagged desired addresses -> tagged as ours, then announced
-    ADD_ADDRESSES = "add_addresses"  # missing desired addresses -> present, tagged, then announced
-    UNMOUNT = "unmount"  # mount point `target` mounted -> not mounted
-    MOUNT = "mount"  # DRBD device mounted on the resource's mount point
-    DRBD_UP = "drbd_up"  # resource not configured -> attached and connecting (drbdadm up)
-    DRBD_CONNECT = "drbd_connect"  # StandAlone -> connecting (drbdadm connect)
-    DRBD_SECONDARY = "drbd_secondary"  # Primary -> Secondary (fails -12 while held open)
-    DRBD_PRIMARY = "drbd_primary"  # Secondary -> Primary (never --force)
-    PG_STOP = "pg_stop"  # running -> CHECKPOINT, then pg_ctl stop -m fast: cleanly shut down
-    PG_CRASH_RECOVER = "pg_crash_recover"  # crashed primary data dir -> single-user recovery -> shut down
-    PG_CLONE = "pg_clone"  # empty data dir -> pg_basebackup of the source, as a standby
-    PG_REWIND = "pg_rewind"  # diverged data dir -> pg_rewind from the source, configs re-rendered
-    PG_START_STANDBY = "pg_start_standby"  # stopped -> standby.signal, owned conninfo, start
-    PG_RETARGET = "pg_retarget"  # running standby -> owned conninfo rewritten, reloaded
-    PG_START_PRIMARY = "pg_start_primary"  # cleanly stopped primary (or crashed in place) -> writable
-    PG_PROMOTE = "pg_promote"  # standby -> pg_promote(true, N), then CHECKPOINT
-    PG_CHECKPOINT = "pg_checkpoint"  # promoted, pg_control timeline stale -> CHECKPOINT
-    # Part of this node's state is not known (its observation failed, or PostgreSQL is
-    # starting or stopping and answers no query): always planned blocked, never executed;
-    # it goes away once that state can be read.  "Nothing to do" is never said of a guess.
-    AWAIT = "await"
-
-
-# Terraform-style symbols: + creates/starts, - removes/stops, ~ changes in place,
-# ? waits until the state can be read.
-SYMBOL = {
-    Kind.STOP_SERVICE: "-",
-    Kind.START_SERVICE: "+",
-    Kind.SET_PROMOTE_SECONDARIES: "~",
-    Kind.REMOVE_ADDRESSES: "-",
-    Kind.ADOPT_ADDRESSES: "~",
-    Kind.ADD_ADDRESSES: "+",
-    Kind.UNMOUNT: "-",
-    Kind.MOUNT: "+",
-    Kind.DRBD_UP: "+",
-    Kind.DRBD_CONNECT: "~",
-    Kind.DRBD_SECONDARY: "~",
-    Kind.DRBD_PRIMARY: "~",
-    Kind.PG_STOP: "-",
-    Kind.PG_CRASH_RECOVER: "~",
-    Kind.PG_CLONE: "+",
-    Kind.PG_REWIND: "~",
-    Kind.PG_START_STANDBY: "+",
-    Kind.PG_RETARGET: "~",
-    Kind.PG_START_PRIMARY: "+",
-    Kind.PG_PROMOTE: "~",
-    Kind.PG_CHECKPOINT: "~",
-    Kind.AWAIT: "?",
-}
+__all__ = ["Action", "Guard", "Kind", "Plan"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +32,13 @@ class Action:
     items: tuple[str, ...] = ()  # addresses for the address kinds
     guards: tuple[Guard, ...] = ()
     loses: str | None = None  # what executing it discards, when it discards anything
-    params: tuple[tuple[str, str], ...] = ()  # extra executor inputs (e.g. source host/port)
+    payload: Payload | None = None  # what the executor needs besides the target: see kinds.Row.payload
+
+    def __post_init__(self) -> None:
+        expected = self.kind.row.payload
+        if self.payload is not None and (expected is None or not isinstance(self.payload, expected)):
+            raise TypeError(f"{self.kind.value} takes {expected.__name__ if expected else 'no payload'}, "
+                            f"not {type(self.payload).__name__}")
 
     @property
     def blocked(self) -> bool:
@@ -99,10 +50,12 @@ class Action:
 
     @property
     def symbol(self) -> str:
-        return SYMBOL[self.kind]
+        return self.kind.row.symbol
 
-    def param(self, key: str, default: str | None = None) -> str | None:
-        return dict(self.params).get(key, default)
+    @property
+    def payload_text(self) -> dict[str, str]:
+        """The payload as text by field name: `params` in `plan --json`, and the fields of its title."""
+        return self.payload.text_fields() if self.payload is not None else {}
 
 
 @dataclass(frozen=True)

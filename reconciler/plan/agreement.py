@@ -2,8 +2,9 @@
 
 Each agent reports the roles of the spec it applies (`spec_roles`: primary and fenced)
 and its git revision.  While they differ, every action that would change this node's
-role (promote or demote) waits, and the guard names both revisions.  Unknown (peer
-unreachable, or it reports no roles) never blocks here: the other guards handle that.
+role (promote or demote: `changes_role` in its row, plan/kinds.py) waits, and the guard
+names both revisions.  Unknown (peer unreachable, or it reports no roles) never blocks
+here: the other guards handle that.
 """
 
 from __future__ import annotations
@@ -11,16 +12,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from reconciler.model import NodeObservation
-from reconciler.plan.actions import Action, Guard, Kind
+from reconciler.plan.actions import Action, Guard
 from reconciler.plan.context import Ctx
 from reconciler.spec.models import Spec
-
-# What promotes or demotes a node; everything else (bring-up, rejoin, drift) never waits here.
-ROLE_KINDS = frozenset({
-    Kind.DRBD_PRIMARY, Kind.MOUNT, Kind.PG_PROMOTE, Kind.PG_START_PRIMARY, Kind.ADD_ADDRESSES,
-    Kind.ADOPT_ADDRESSES, Kind.START_SERVICE,
-    Kind.STOP_SERVICE, Kind.REMOVE_ADDRESSES, Kind.UNMOUNT, Kind.DRBD_SECONDARY, Kind.PG_STOP,
-})
 
 
 def spec_roles(spec: Spec) -> str:
@@ -68,7 +62,7 @@ def guard_role_changes(ctx: Ctx, actions: list[Action], notes: list[str]) -> tup
     g = agreement_guard(ctx)
     if g is None:
         return actions, notes
-    guarded = [replace(a, guards=a.guards + (g,)) if a.kind in ROLE_KINDS else a for a in actions]
-    if not g.holds and any(a.kind in ROLE_KINDS for a in actions):
+    guarded = [replace(a, guards=a.guards + (g,)) if a.kind.row.changes_role else a for a in actions]
+    if not g.holds and any(a.kind.row.changes_role for a in actions):
         notes = notes + [g.text]
     return guarded, notes

@@ -13,6 +13,7 @@ from __future__ import annotations
 from reconciler.model import DrbdObs
 from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan.context import Ctx
+from reconciler.plan.kinds import DrbdMount
 from reconciler.spec.models import DrbdResource
 
 CONNECTED = {"Connected", "SyncSource", "PausedSyncS", "VerifyS", "VerifyT", "Ahead", "Behind"}
@@ -77,7 +78,7 @@ def _mount_action(ctx: Ctx, r: DrbdResource) -> tuple[list[Action], list[str]]:
     m = ctx.own.mounts.get(r.mount)
     if m is None:
         why = f"{r.name} must be mounted on {r.mount} on the Primary"
-        return [Action(Kind.MOUNT, r.mount, why, params=(("device", r.device), ("resource", r.name)))], []
+        return [Action(Kind.MOUNT, r.mount, why, payload=DrbdMount(r.name, r.device))], []
     if m.source != r.device:
         g = Guard("mount_point_free", False, f"{r.mount} has {m.source} mounted, not {r.device}")
         act = Action(Kind.MOUNT, r.mount, f"{r.name} must be mounted on {r.mount}", guards=(g,))

@@ -16,30 +16,7 @@ from reconciler.model import NodeObservation
 from reconciler.plan.actions import Action, Kind, Plan
 
 FORMAT_VERSION = "1.0"
-_ADDR_KINDS = {Kind.ADD_ADDRESSES, Kind.REMOVE_ADDRESSES, Kind.ADOPT_ADDRESSES}
 _MAX_RUNS = 12
-
-_TITLE = {
-    Kind.STOP_SERVICE: "stop service {t}",
-    Kind.START_SERVICE: "start service {t}",
-    Kind.SET_PROMOTE_SECONDARIES: "set net.ipv4.conf.{t}.promote_secondaries = 1",
-    Kind.UNMOUNT: "unmount {t}",
-    Kind.MOUNT: "mount {device} on {t}",
-    Kind.DRBD_UP: "drbd {t}: up (attach and connect)",
-    Kind.DRBD_CONNECT: "drbd {t}: connect",
-    Kind.DRBD_SECONDARY: "drbd {t}: Primary -> Secondary",
-    Kind.DRBD_PRIMARY: "drbd {t}: Secondary -> Primary",
-    Kind.PG_STOP: "postgres: CHECKPOINT, then fast shutdown",
-    Kind.PG_CRASH_RECOVER: "postgres: crash recovery in single-user mode",
-    Kind.PG_CLONE: "postgres: clone from {host}:{port} (pg_basebackup)",
-    Kind.PG_REWIND: "postgres: pg_rewind from {host}:{port}, then start as a standby",
-    Kind.PG_START_STANDBY: "postgres: start as a standby of {host}:{port}",
-    Kind.PG_RETARGET: "postgres: follow {host}:{port} (primary_conninfo, reload)",
-    Kind.PG_START_PRIMARY: "postgres: start as the primary",
-    Kind.PG_PROMOTE: "postgres: promote (standby -> primary), then CHECKPOINT",
-    Kind.PG_CHECKPOINT: "postgres: CHECKPOINT (pg_control timeline is stale)",
-    Kind.AWAIT: "{t}: wait until its state can be read",
-}
 
 
 def _runs(items: tuple[str, ...]) -> list[tuple[str, str, int, int]]:
@@ -57,35 +34,37 @@ def _runs(items: tuple[str, ...]) -> list[tuple[str, str, int, int]]:
 
 
 def _address_lines(a: Action, verbose: bool) -> list[str]:
-    verb = {Kind.ADD_ADDRESSES: "", Kind.REMOVE_ADDRESSES: "", Kind.ADOPT_ADDRESSES: "adopt "}[a.kind]
+    def line(addresses: str) -> str:
+        return f"{a.symbol} " + a.kind.row.title.format(addresses=addresses, t=a.target)
+
     if verbose:
-        return [f"{a.symbol} {verb}{x} on {a.target}" for x in a.items]
+        return [line(x) for x in a.items]
     runs = _runs(a.items)
     if len(runs) > _MAX_RUNS:
-        return [f"{a.symbol} {verb}{len(a.items):,} addresses in {len(runs):,} runs on {a.target} (--verbose lists them)"]
+        return [line(f"{len(a.items):,} addresses in {len(runs):,} runs") + " (--verbose lists them)"]
     out = []
     for first, last, plen, count in runs:
         if count == 1:
-            out.append(f"{a.symbol} {verb}{first}/{plen} on {a.target}")
+            out.append(line(f"{first}/{plen}"))
         else:
-            out.append(f"{a.symbol} {verb}{count:,} addresses {first} … {last}/{plen} on {a.target}")
+            out.append(line(f"{count:,} addresses {first} … {last}/{plen}"))
     return out
 
 
 def title(a: Action) -> str:
-    if a.kind in _ADDR_KINDS:
+    if a.kind.row.addresses:
         return _address_lines(a, verbose=False)[0][2:] if len(a.items) == 1 else f"{len(a.items):,} addresses on {a.target}"
-    fields = {"t": a.target, **dict(a.params)}
+    fields = {"t": a.target, **a.payload_text}
     fields.setdefault("device", "?")
     fields.setdefault("host", "?")
     fields.setdefault("port", "?")
-    return _TITLE[a.kind].format(**fields)
+    return a.kind.row.title.format(**fields)
 
 
 def counts(plan: Plan) -> dict[str, int]:
     c = {"add": 0, "change": 0, "remove": 0, "blocked": 0}
     for a in plan.actions:
-        n = len(a.items) if a.kind in _ADDR_KINDS else 1
+        n = len(a.items) if a.kind.row.addresses else 1
         if a.kind is not Kind.AWAIT:  # changes nothing: counted as blocked only
             c[{"+": "add", "~": "change", "-": "remove"}[a.symbol]] += n
         c["blocked"] += a.blocked
@@ -98,7 +77,7 @@ def human(plan: Plan, cluster: str, primary: str, verbose: bool = False) -> str:
     if plan.empty:
         lines.append("No changes. This node matches the desired state.")
     for a in plan.actions:
-        if a.kind in _ADDR_KINDS:
+        if a.kind.row.addresses:
             lines += ["  " + x for x in _address_lines(a, verbose)]
         else:
             lines.append(f"  {a.symbol} {title(a)}")
@@ -149,7 +128,7 @@ def _action_json(a: Action) -> dict:
         "target": a.target,
         "title": title(a),
         "items": list(a.items),
-        "params": dict(a.params),
+        "params": a.payload_text,
         "reason": a.reason,
         "blocked": a.blocked,
         "guards": [{"name": g.name, "holds": g.holds, "text": g.text} for g in a.guards],

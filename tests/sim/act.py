@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from reconciler.plan.actions import Action, Kind
+from reconciler.plan.kinds import DrbdMount, ReplicationSource
 from reconciler.spec import LoadedSpec
 from tests.sim.observe import connection_state, is_prefix, streaming
 from tests.sim.world import Addr, Drbd, Iface, Node, World
@@ -19,11 +20,12 @@ class Refused(Exception):
 
 
 def _follows(a: Action) -> tuple[str, int]:
-    return (a.param("host") or "", int(a.param("port") or 0))
+    s = a.payload
+    return (s.host, s.port) if isinstance(s, ReplicationSource) else ("", 0)
 
 
 def _source(world: World, spec: LoadedSpec, a: Action) -> Node | None:
-    host = a.param("host")
+    host = a.payload.host if isinstance(a.payload, ReplicationSource) else None
     for name, n in spec.spec.nodes.items():
         if n.address == host:
             return world.nodes[name]
@@ -145,7 +147,8 @@ def _drbd_secondary(node: Node, res: str, device: str) -> None:
 
 
 def _mount(node: Node, a: Action) -> None:
-    res, dev = a.param("resource"), a.param("device")
+    m = a.payload
+    res, dev = (m.resource, m.device) if isinstance(m, DrbdMount) else (None, None)
     d = node.drbd.get(res or "")
     if d is None or d.role != "Primary":
         raise Refused("mount: wrong medium type (DRBD device is Secondary)")
