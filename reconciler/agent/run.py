@@ -20,7 +20,7 @@ from reconciler.agent.peering import PeerLink
 from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.source import FileSource, Loaded, SourceError, SpecSource, load_or_fail, stamp
 from reconciler.agent.state import RevisionState, revision_label, short
-from reconciler.execute.dispatch import Result, run_action
+from reconciler.execute.dispatch import Result, announce_held, run_action
 from reconciler.model import NodeObservation
 from reconciler.observe.node import observe_node
 from reconciler.plan.actions import Action
@@ -246,14 +246,12 @@ class Agent:
         observe, so this is the one thing done on start rather than from the plan)."""
         if self.spec.spec.primary != self.node:
             return
-        from reconciler.execute.dispatch import _announce
-
         try:
             obs = observe_node(self.spec, self.node)
             for name, iface in obs.interfaces.items():
                 held = tuple(a.address for a in iface.addresses if a.owned and a.address in self.spec.addresses.get(name, ()))
                 if held:
-                    _announce(self.spec, name, held)
+                    announce_held(self.spec, name, held)
         except Exception as e:  # announcing is best effort; the loop goes on
             log.warning(f"{self.node}: re-announcing held addresses failed: {e}")
 
