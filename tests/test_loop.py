@@ -308,6 +308,11 @@ def test_the_agent_reports_an_operator_only_wait_once_and_rechecks_at_the_drift_
     assert agent._delay(outcomes[0]) == SPEC.spec.agent.drift_check_interval_s > 10 * agent_run.WAIT_POLL_S
     assert agent.status_line(outcomes[0]).startswith("waiting for the operator on drbd r0")
     assert not n.ran
+    n.own = snap("converged", "mx1")  # the operator resolved it ...
+    assert isinstance(agent.step(), Converged)
+    n.own = split_brain(n.own)  # ... and it happened again: news again
+    assert isinstance(agent.step(), OperatorNeeded)
+    assert len([ln for ln in log_lines if "split brain" in ln]) == 2
 
 
 def test_the_running_agent_does_not_poll_an_operator_only_wait_but_wakes_on_a_spec_change(tmp_path, log_lines):

@@ -123,11 +123,11 @@ class Loop:
         return Retrying(plan=p, own=own, action=a, reason=r.detail, attempt=self._failed(a), result=r, seconds=seconds)
 
     def confirm(self, spec: LoadedSpec) -> Retrying | None:
-        """Observe once more only to see that the last action took effect (`apply PLAN` ends so)."""
+        """Observe once more only to see that the last action took effect (`apply PLAN` ends
+        so); nothing is planned, so the outcome carries an empty plan."""
         if self.pending is None:
             return None
-        own = self.observe(spec, self.node)
-        return self._check(spec, own, Plan(self.node))
+        return self._check(spec, self.observe(spec, self.node), Plan(self.node))
 
     def _check(self, spec: LoadedSpec, own: NodeObservation, p: Plan) -> Retrying | None:
         if self.pending is None:
@@ -141,5 +141,5 @@ class Loop:
         return Retrying(plan=p, own=own, action=a, reason=f"did not take effect: {why}", attempt=self._failed(a))
 
     def _failed(self, a: Action) -> int:
-        n = self.failures[_key(a)] = self.failures.get(_key(a), 0) + 1
-        return n
+        self.failures[_key(a)] = self.failures.get(_key(a), 0) + 1
+        return self.failures[_key(a)]

@@ -199,6 +199,7 @@ class Agent:
         o = self.loop.step(self.spec)
         if isinstance(o, Converged):
             self.revs.applied(self.label)
+            self._last_wait = None  # a wait after this one is news again
         self.metrics.record(self.spec, o, self.peer_obs, time.monotonic() - t0,
                             {"applied": self.revs.rev.applied, "attempted": self.revs.rev.attempted,
                              "current": self.current.revision})
