@@ -48,18 +48,19 @@ def _count(ns: str) -> int:
 
 def _inproc(spec_path: str) -> None:
     """What `apply` does after its imports: load, then observe + plan + execute until converged."""
-    from reconciler.agent.cycle import cycle
+    from reconciler.agent.loop import Acted, Converged, Loop
     from reconciler.observe.node import observe_node
     from reconciler.spec.load import load_spec
 
     spec = load_spec(spec_path)
     observe = lambda sp, n: observe_node(sp, n, spec_digest=sp.digest)  # noqa: E731
+    loop = Loop("mx1", observe, lambda: None)
     for _ in range(10):
-        o = cycle(spec, "mx1", observe, lambda: None)
-        if o.status == "converged":
+        o = loop.step(spec)
+        if isinstance(o, Converged):
             return
-        if o.status != "acted":
-            raise RuntimeError(f"in-process apply: {o.status}: {o.result}")
+        if not isinstance(o, Acted):
+            raise RuntimeError(f"in-process apply: {o}")
     raise RuntimeError("in-process apply did not converge")
 
 

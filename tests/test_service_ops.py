@@ -17,7 +17,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.agent.cycle import Outcome
+from reconciler.agent.loop import Acted, Converged, Retrying
 from reconciler.agent.metrics import Metrics
 from reconciler.agent.run import Agent
 from reconciler.agent.sdnotify import Notifier
@@ -126,9 +126,11 @@ def test_metrics_carry_the_cycle_state_and_parse():
     peer = peer.model_copy(update={"postgres": peer.postgres.model_copy(update={"receive_lsn": behind})})
     m = Metrics()
     promote = Action(Kind.PG_PROMOTE, "postgres", "test")
-    m.record(SPEC, Outcome("acted", Plan("mx1", (promote,)), own, promote, Result(True), 0.2), peer, 0.3, {})
-    m.record(SPEC, Outcome("failed", Plan("mx1", (promote,)), own, promote, Result(False, "x"), 0.1), peer, 0.2, {})
-    m.record(SPEC, Outcome("converged", Plan("mx1"), own), peer, 0.05, {"applied": "a" * 40, "attempted": "b" * 40})
+    m.record(SPEC, Acted(plan=Plan("mx1", (promote,)), own=own, action=promote, result=Result(True), seconds=0.2),
+             peer, 0.3, {})
+    m.record(SPEC, Retrying(plan=Plan("mx1", (promote,)), own=own, action=promote, reason="x", attempt=1,
+                            result=Result(False, "x"), seconds=0.1), peer, 0.2, {})
+    m.record(SPEC, Converged(plan=Plan("mx1"), own=own), peer, 0.05, {"applied": "a" * 40, "attempted": "b" * 40})
     with PeerServer("127.0.0.1", 0, b"s" * 32, lambda: own, m.exposition) as srv:
         status, ctype, body = _scrape(srv.port)
     assert status == 200 and ctype.startswith("text/plain")

@@ -1,1 +1,2 @@
-"""The agent: one reconcile cycle (`cycle`), the long-running loop (`run`), peering."""
+"""The agent: the one reconcile loop (`loop`) that `run`, `apply` and `apply PLAN` share,
+the long-running agent (`run`), peering."""

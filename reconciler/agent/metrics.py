@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from reconciler.agent.cycle import Outcome
+from reconciler.agent.loop import Acted, Converged, OperatorNeeded, Outcome, Retrying
 from reconciler.agent.state import revision_label
 from reconciler.model import NodeObservation, lsn_to_int
 from reconciler.spec import LoadedSpec
@@ -36,6 +36,9 @@ class Metrics:
                                registry=self.registry)
         self.failed = Counter("reconciler_actions_failed", "Actions that failed, by kind", ["kind"],
                               registry=self.registry)
+        self.not_in_effect = Counter("reconciler_actions_not_in_effect",
+                                     "Actions that ran but whose effect the next observation did not show, by kind",
+                                     ["kind"], registry=self.registry)
         self.duration = Histogram("reconciler_reconcile_duration_seconds",
                                   "One reconcile cycle: observe both nodes, plan, run at most one action",
                                   buckets=BUCKETS, registry=self.registry)
@@ -46,10 +49,10 @@ class Metrics:
     def record(self, spec: LoadedSpec, o: Outcome, peer: NodeObservation | None, seconds: float,
                revisions: dict[str, str | None]) -> None:
         self.duration.observe(seconds)
-        if o.action is not None and o.status == "acted":
+        if isinstance(o, Acted):
             self.applied.labels(o.action.kind.value).inc()
-        elif o.action is not None and o.status == "failed":
-            self.failed.labels(o.action.kind.value).inc()
+        elif isinstance(o, Retrying):
+            (self.not_in_effect if o.not_in_effect else self.failed).labels(o.action.kind.value).inc()
         with self._lock:
             self._last = (spec, o, peer, dict(revisions))
 
@@ -67,8 +70,10 @@ class Metrics:
             return
         spec, o, peer, revs = last
         blocked = sum(a.blocked for a in o.plan.actions)
-        yield _gauge("reconciler_converged", "1 when this node matches the desired state", [], [([], o.status == "converged")])
+        yield _gauge("reconciler_converged", "1 when this node matches the desired state", [], [([], isinstance(o, Converged))])
         yield _gauge("reconciler_blocked_actions", "Planned actions waiting on a guard", [], [([], blocked)])
+        yield _gauge("reconciler_operator_needed", "1 when the next action waits on something only an operator does",
+                     [], [([], isinstance(o, OperatorNeeded))])
         yield _gauge("reconciler_peer_reachable", "1 when the peer's snapshot was read", [], [([], peer is not None)])
         yield from _revision_metrics(spec, peer, revs)
         yield from _drbd_metrics(o.own)

@@ -1,8 +1,11 @@
-"""`reconciler run`: the agent.  Reconcile until converged, then rest until the spec changes
-(a file edit, or a new commit at the git HEAD: watchfiles plus a cheap poll) or the drift
-check is due; poll briefly while a guard waits on the peer; back off exponentially (per
-action, capped) after a failure.  Serves its snapshot (and metrics) to the peer, records
-its revisions, talks to systemd.  SIGTERM stops it between actions, never during one.
+"""`reconciler run`: the agent, stepping the shared loop (`agent.loop`) for as long as it runs.
+Reconcile until converged, then rest until the spec changes (a file edit, or a new commit
+at the git HEAD: watchfiles plus a cheap poll) or the drift check is due; poll briefly while
+a guard waits on the peer; when only an operator can unblock the next action, say so once
+and re-check at the drift interval (or on a spec change); back off exponentially (per
+action, capped) after a failure or an action whose effect did not show.  Serves its
+snapshot (and metrics) to the peer, records its revisions, talks to systemd.  SIGTERM stops
+it between actions, never during one.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ import threading
 import time
 
 from reconciler.agent import logs
-from reconciler.agent.cycle import Observe, Outcome, cycle
+from reconciler.agent.loop import Acted, Converged, Loop, Observe, OperatorNeeded, Outcome, Retrying, Waiting
 from reconciler.agent.metrics import Metrics
 from reconciler.agent.peering import PeerLink
 from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.source import FileSource, Loaded, SourceError, SpecSource, load_or_fail, stamp
 from reconciler.agent.state import RevisionState, revision_label, short
-from reconciler.execute.dispatch import Result, run_action
+from reconciler.execute.dispatch import Result, announce_held, run_action
 from reconciler.model import NodeObservation
 from reconciler.observe.node import observe_node
 from reconciler.plan.actions import Action
@@ -30,7 +33,7 @@ from reconciler.spec.load import SpecError
 
 log = logging.getLogger("reconciler")
 
-WAIT_POLL_S = 0.05  # how often a waiting guard re-reads the peer
+WAIT_POLL_S = 0.05  # how often a waiting guard re-reads the peer (an operator-only one: the drift interval)
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
 SNAPSHOT_MAX_AGE_S = 0.5  # the peer gets a fresh observation if ours is older
 ACTION_PING_CAP_S = 3600.0
@@ -56,14 +59,14 @@ class Agent:
         self.metrics, self.notify = Metrics(), notifier or Notifier()
         self.wake, self.stopping = threading.Event(), threading.Event()
         self.watching = threading.Event()  # set once the watcher runs (tests wait for it)
-        self.failures: dict[tuple[str, str], int] = {}
+        self.loop = Loop(node, self._observe, self._fetch_peer, self._execute)
         self.peer_obs: NodeObservation | None = None
         self._snap: tuple[float, NodeObservation] | None = None
         self._snap_lock = threading.Lock()
         self._server = None
         self._acting_since: float | None = None
         self._last_wait: object = None
-        self._last_status: str | None = None
+        self._last_outcome: type[Outcome] | None = None
 
     @property
     def spec(self) -> LoadedSpec:
@@ -181,44 +184,45 @@ class Agent:
 
     # ---- the loop ---------------------------------------------------------------------------
     def _delay(self, o: Outcome) -> float:
-        if o.status == "acted":
-            self.failures.pop((o.action.kind.value, o.action.target), None)
-            return 0.0
-        if o.status == "failed":
-            key = (o.action.kind.value, o.action.target)
-            n = self.failures[key] = self.failures.get(key, 0) + 1
-            return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (n - 1))
-        if o.status == "waiting":
-            return WAIT_POLL_S
-        return self.spec.spec.agent.drift_check_interval_s
+        match o:
+            case Acted():
+                return 0.0
+            case Retrying(attempt=n):
+                return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (n - 1))
+            case Waiting():
+                return WAIT_POLL_S
+        return self.spec.spec.agent.drift_check_interval_s  # Converged, OperatorNeeded
 
     def step(self) -> Outcome:
         self._reload()
         t0 = time.monotonic()
-        o = cycle(self.spec, self.node, self._observe, self._fetch_peer, self._execute)
-        if o.status == "converged":
+        o = self.loop.step(self.spec)
+        if isinstance(o, Converged):
             self.revs.applied(self.label)
+            self._last_wait = None  # a wait after this one is news again
         self.metrics.record(self.spec, o, self.peer_obs, time.monotonic() - t0,
                             {"applied": self.revs.rev.applied, "attempted": self.revs.rev.attempted,
                              "current": self.current.revision})
         self.notify.status(self.status_line(o))
-        if o.status in ("acted", "failed"):
+        if isinstance(o, Acted | Retrying):
             logs.action_line(self.node, o)
-        elif o.status == "waiting" and (o.action, o.plan.notes) != self._last_wait:
-            logs.waiting_line(self.node, o)
+        elif isinstance(o, Waiting | OperatorNeeded) and (o.action, o.plan.notes) != self._last_wait:
+            logs.waiting_line(self.node, o, self._delay(o) if isinstance(o, OperatorNeeded) else None)
             self._last_wait = (o.action, o.plan.notes)
         return o
 
     def status_line(self, o: Outcome) -> str:
         dirty = " (uncommitted edits ignored)" if self.revs.rev.uncommitted else ""
-        if o.status == "converged":
-            return f"converged at {short(self.label)}{dirty}"
-        a = o.action
-        if o.status == "waiting":
-            return f"waiting on {title(a)}: {'; '.join(a.waiting_on)}"
-        if o.status == "failed":
-            return f"failed {title(a)}: {o.result.detail if o.result else ''}"
-        return f"applied {title(a)}; reconciling {short(self.label)}{dirty}"
+        match o:
+            case Acted(action=a):
+                return f"applied {title(a)}; reconciling {short(self.label)}{dirty}"
+            case Waiting(action=a, reason=why):
+                return f"waiting on {title(a)}: {why}"
+            case OperatorNeeded(action=a, reason=why):
+                return f"waiting for the operator on {title(a)}: {why}"
+            case Retrying(action=a, reason=why):
+                return f"failed {title(a)}: {why}"
+        return f"converged at {short(self.label)}{dirty}"
 
     def run(self) -> int:
         self._signals()
@@ -246,23 +250,21 @@ class Agent:
         observe, so this is the one thing done on start rather than from the plan)."""
         if self.spec.spec.primary != self.node:
             return
-        from reconciler.execute.dispatch import _announce
-
         try:
             obs = observe_node(self.spec, self.node)
             for name, iface in obs.interfaces.items():
                 held = tuple(a.address for a in iface.addresses if a.owned and a.address in self.spec.addresses.get(name, ()))
                 if held:
-                    _announce(self.spec, name, held)
+                    announce_held(self.spec, name, held)
         except Exception as e:  # announcing is best effort; the loop goes on
             log.warning(f"{self.node}: re-announcing held addresses failed: {e}")
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
             o = self.step()
-            if o.status == "converged" and self._last_status != "converged":
+            if isinstance(o, Converged) and self._last_outcome is not Converged:
                 log.info(f"{self.node}: converged at {short(self.label)}")
-            self._last_status = o.status
+            self._last_outcome = type(o)
             self.notify.ping()
             delay, ping = self._delay(o), self.notify.next_ping_in()
             self.wake.wait(delay if ping is None else min(delay, ping))

@@ -8,7 +8,7 @@ import sys
 import time
 
 from reconciler.agent import logs
-from reconciler.agent.cycle import cycle
+from reconciler.agent.loop import Acted, Converged, Loop, OperatorNeeded, Outcome, Retrying, Waiting
 from reconciler.agent.peering import PeerLink
 from reconciler.agent.source import GitSource, Loaded, SourceError, SpecSource, stamp
 from reconciler.agent.state import DEFAULT_STATE_DIR, Revisions, read_state, revision_label, short
@@ -56,20 +56,36 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if not args.yes and not _confirm():
         print("Apply cancelled.")
         return EXIT_CHANGES
+    loop = Loop(node, observe, link.fetch)
     for _ in range(MAX_APPLY_STEPS):
-        o = cycle(spec, node, observe, link.fetch)
-        if o.status == "converged":
+        o = loop.step(spec)
+        if isinstance(o, Converged):
             wait_for_announcements()
             print("Apply complete: this node matches the desired state.")
             return EXIT_OK
-        if o.status == "waiting":
-            print(f"Stopped: {render.title(o.action)}: waiting: {'; '.join(o.action.waiting_on)}")
-            return EXIT_CHANGES
-        logs.action_line(node, o)
-        if o.status == "failed":
-            print(f"Failed: {render.title(o.action)}: {o.result.detail}")
-            return EXIT_ERROR
+        rc = stop_code(node, o)
+        if rc is not None:
+            return rc
     raise UserError(f"no convergence after {MAX_APPLY_STEPS} actions")
+
+
+def stop_code(node: str, o: Outcome) -> int | None:
+    """What `apply` (one pass, or a saved plan) says of a step that did not converge: the
+    exit code to stop with, or None to go on after an action that ran."""
+    match o:
+        case Acted():
+            logs.action_line(node, o)
+        case Retrying(action=a, reason=why):
+            logs.action_line(node, o)
+            print(f"Failed: {render.title(a)}: {why}")
+            return EXIT_ERROR
+        case Waiting(action=a, reason=why):
+            print(f"Stopped: {render.title(a)}: waiting: {why}")
+            return EXIT_CHANGES
+        case OperatorNeeded(action=a, reason=why, guards=guards):
+            print(f"Stopped: {render.title(a)}: waiting: {why}" if guards else f"Stopped: {why}")
+            return EXIT_CHANGES
+    return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -3,8 +3,9 @@
 The file holds the plan (the `plan --json` document), where the spec came from, its
 digest and a fingerprint of both observations.  `apply` reads the spec again from the
 same source, observes again and refuses with "Saved plan is stale" when either changed;
-otherwise it runs the saved actions in order, observing and re-planning before each, and
-stops at the first one that is blocked, failed, or no longer the next action.
+otherwise it runs the saved actions in order through the shared loop (`agent.loop`),
+observing and re-planning before each, and stops at the first one that is blocked, failed,
+did not take effect, or is no longer the next action.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import argparse
 import hashlib
 import json
 import os
-import time
 
 from reconciler.agent import logs
+from reconciler.agent.loop import Admit, Converged, Loop
 from reconciler.agent.peering import PeerLink
 from reconciler.agent.source import Loaded, SpecSource, stamp
 from reconciler.cli import sources
@@ -98,73 +99,66 @@ def read_saved(path: str) -> dict | None:
     return doc
 
 
-def _observe(loaded: Loaded, node: str, link: PeerLink) -> tuple[NodeObservation, NodeObservation | None]:
+def _observe(loaded: Loaded, node: str) -> NodeObservation:
     from reconciler.observe.node import observe_node
 
-    return stamp(observe_node(loaded.spec, node), loaded), link.fetch()
+    return stamp(observe_node(loaded.spec, node), loaded)
 
 
 def _stale(why: str) -> UserError:
     return UserError(f"Saved plan is stale: {why}. Make a new one with `reconciler plan -out FILE`.")
 
 
-def _check_fresh(doc: dict, node: str) -> tuple[Loaded, PeerLink, Plan]:
+def _check_fresh(doc: dict, node: str) -> tuple[Loaded, PeerLink, tuple[NodeObservation, NodeObservation | None]]:
     loaded = sources.load(sources.from_doc(doc["source"]))
     if loaded.spec.digest != doc["spec_digest"]:
         now = f" (now commit {loaded.revision[:12]})" if loaded.revision else ""
         raise _stale(f"the spec changed since the plan was made{now}")
     link = PeerLink(loaded.spec, node)
-    own, peer = _observe(loaded, node, link)
+    own, peer = _observe(loaded, node), link.fetch()
     if observed_fingerprint(own, peer) != doc["observed_fingerprint"]:
         raise _stale("the observed state of this node or its peer changed since the plan was made")
     p = plan(loaded.spec, node, own, peer)
     if [action_key(a) for a in p.actions] != [action_key(c) for c in doc["plan"]["changes"]]:
         raise _stale("planning again now gives different actions")
-    return loaded, link, p
+    return loaded, link, (own, peer)
+
+
+def _as_saved(change: dict) -> Admit:
+    """Admits the next action only while it is still the saved `change`."""
+    def admit(a: Action) -> str | None:
+        if action_key(a) == action_key(change):
+            return None
+        return f"the next action is now {render.title(a)}, not {change['title']} as saved; plan again."
+    return admit
 
 
 def apply_saved(args: argparse.Namespace, doc: dict) -> int:
+    """The shared loop, admitting only the saved actions in order; the first step acts on
+    the observation the staleness check made, and the last action's effect is confirmed."""
+    from reconciler.cli.agent_cmds import stop_code
     from reconciler.execute.dispatch import wait_for_announcements
 
     node = str(doc.get("node"))
     if args.node and args.node != node:
         raise UserError(f"{args.file}: the plan is for node {node}, not {args.node}")
     logs.setup(args.log_format)
-    loaded, link, p = _check_fresh(doc, node)
+    loaded, link, seen = _check_fresh(doc, node)
+    loop = Loop(node, lambda _spec, n: _observe(loaded, n), link.fetch)
     saved = doc["plan"]["changes"]
     done = 0
     for change in saved:
-        if done:
-            p = plan(loaded.spec, node, *_observe(loaded, node, link))
-        a = p.next_action
-        if a is None:
+        o = loop.step(loaded.spec, _as_saved(change), seen if done == 0 else None)
+        if isinstance(o, Converged):
             break
-        rc = _run_one(loaded, node, p, a, change)
+        rc = stop_code(node, o)
         if rc is not None:
             return rc
         done += 1
+    missed = loop.confirm(loaded.spec)
+    if missed is not None:
+        return stop_code(node, missed) or EXIT_ERROR
     wait_for_announcements()
     print(f"Apply complete: {done} of the saved plan's {len(saved)} action(s) ran"
           + ("." if done == len(saved) else "; the rest were no longer needed."))
     return EXIT_OK
-
-
-def _run_one(loaded: Loaded, node: str, p: Plan, a: Action, change: dict) -> int | None:
-    """Run `a` if it is still the saved `change` and not blocked; an exit code to stop with."""
-    from reconciler.agent.cycle import Outcome
-    from reconciler.execute.dispatch import run_action
-
-    if action_key(a) != action_key(change):
-        print(f"Stopped: the next action is now {render.title(a)}, not {change['title']} as saved; plan again.")
-        return EXIT_CHANGES
-    if a.blocked:
-        print(f"Stopped: {render.title(a)}: waiting: {'; '.join(a.waiting_on)}")
-        return EXIT_CHANGES
-    t0 = time.monotonic()
-    r = run_action(loaded.spec, a)
-    own = NodeObservation(node=node)  # action_line reads only the action and its result
-    logs.action_line(node, Outcome("acted" if r.ok else "failed", p, own, a, r, time.monotonic() - t0))
-    if not r.ok:
-        print(f"Failed: {render.title(a)}: {r.detail}")
-        return EXIT_ERROR
-    return None

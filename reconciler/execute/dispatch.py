@@ -76,6 +76,12 @@ def _announce(spec: LoadedSpec, iface: str, items: tuple[str, ...]) -> None:
     _jobs.append(_announcer.submit(iface, items, spec.spec.announce))
 
 
+def announce_held(spec: LoadedSpec, iface: str, items: tuple[str, ...]) -> None:
+    """Announce addresses this node already holds, as after adding them (the agent does
+    this once on start: one killed right after adding them may not have announced them)."""
+    _announce(spec, iface, items)
+
+
 def wait_for_announcements(timeout: float = 60.0) -> None:
     """For one-shot commands: let queued announcements finish before the process exits."""
     deadline = time.monotonic() + timeout
