@@ -21,6 +21,7 @@ from reconciler.agent.run import Agent
 from reconciler.execute.dispatch import Result
 from reconciler.model import NodeObservation, ServiceObs
 from reconciler.plan import operator, postcondition
+from reconciler.plan.kinds import ReplicationSource
 from reconciler.plan.actions import Action, Guard, Kind
 from tests.gitrepo import running, write
 from tests.test_planner_cases import ROOT, SPEC, snap, spec_with, with_iface
@@ -168,7 +169,7 @@ def _drbd(obs: NodeObservation, **kw) -> NodeObservation:
 
 
 PRIMARY, STANDBY = snap("converged", "mx1"), snap("converged", "mx2")
-SOURCE = (("host", "10.0.0.1"), ("port", "5432"), ("node", "mx2"))
+SOURCE = ReplicationSource(host="10.0.0.1", port=5432, node="mx2")
 CASES = [  # action, observation after it, None or a part of the reason it did not take effect
     (Action(Kind.START_SERVICE, "greenarrow", ""), PRIMARY, None),
     (Action(Kind.START_SERVICE, "greenarrow", ""),
@@ -194,12 +195,12 @@ CASES = [  # action, observation after it, None or a part of the reason it did n
     (Action(Kind.PG_PROMOTE, "postgres", ""), _pg(STANDBY, in_recovery=None), None),  # not answering yet
     (Action(Kind.PG_START_PRIMARY, "postgres", ""), _pg(PRIMARY, running=False), "not running"),
     (Action(Kind.PG_STOP, "postgres", ""), PRIMARY, "still running"),
-    (Action(Kind.PG_START_STANDBY, "postgres", "", params=SOURCE), STANDBY, None),
-    (Action(Kind.PG_START_STANDBY, "postgres", "", params=SOURCE), PRIMARY, "writable, not a standby"),
-    (Action(Kind.PG_RETARGET, "postgres", "", params=SOURCE), STANDBY, None),
-    (Action(Kind.PG_RETARGET, "postgres", "", params=(("host", "10.0.0.9"), ("port", "5432"), ("node", "mx2"))),
+    (Action(Kind.PG_START_STANDBY, "postgres", "", payload=SOURCE), STANDBY, None),
+    (Action(Kind.PG_START_STANDBY, "postgres", "", payload=SOURCE), PRIMARY, "writable, not a standby"),
+    (Action(Kind.PG_RETARGET, "postgres", "", payload=SOURCE), STANDBY, None),
+    (Action(Kind.PG_RETARGET, "postgres", "", payload=ReplicationSource(host="10.0.0.9", port=5432, node="mx2")),
      STANDBY, "follows 10.0.0.1:5432, not 10.0.0.9:5432"),
-    (Action(Kind.PG_CLONE, "postgres", "", params=SOURCE), _pg(STANDBY, running=False, data_dir_empty=True),
+    (Action(Kind.PG_CLONE, "postgres", "", payload=SOURCE), _pg(STANDBY, running=False, data_dir_empty=True),
      "still empty"),
     (Action(Kind.PG_CRASH_RECOVER, "postgres", ""), _pg(PRIMARY, running=False, cluster_state="in production"),
      "not 'shut down'"),
