@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from reconciler.cli.main import UserError
+from reconciler.cli.common import UserError
 from reconciler.cli.saved_plan import observed_fingerprint, read_saved
 from tests.conftest import need_netns
 from tests.gitrepo import commit_file, init_repo

@@ -10,24 +10,17 @@ import time
 from reconciler.agent import logs
 from reconciler.agent.cycle import cycle
 from reconciler.agent.peering import PeerLink
-from reconciler.agent.source import GitSource, Loaded, SourceError, SpecSource, stamp
+from reconciler.agent.source import FileSource, GitSource, SourceError, SpecSource, stamp
 from reconciler.agent.state import DEFAULT_STATE_DIR, Revisions, read_state, revision_label, short
 from reconciler.cli import sources
-from reconciler.cli.main import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError, default_node
-from reconciler.cli.plan_cmd import load_spec_or_fail
+from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError, default_node
 from reconciler.model import NodeObservation, lsn_to_int
 from reconciler.observe.node import observe_node
 from reconciler.plan import render
 from reconciler.plan.planner import plan
+from reconciler.spec import LoadedSpec
 
 MAX_APPLY_STEPS = 500
-
-
-def _node(args: argparse.Namespace, spec) -> str:
-    node = args.node or default_node()
-    if node not in spec.spec.nodes:
-        raise UserError(f"{args.file}: node {node!r} is not in nodes ({', '.join(spec.spec.nodes)}); use --node")
-    return node
 
 
 def _confirm() -> bool:
@@ -44,13 +37,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     saved = read_saved(args.file)
     if saved is not None:
         return apply_saved(args, saved)
-    spec = load_spec_or_fail(args.file)
-    node = _node(args, spec)
+    source = FileSource(args.file)
+    spec = sources.load(source)
+    node = sources.node_of(spec, args.node, source)
     logs.setup(args.log_format)
     link = PeerLink(spec, node)
     observe = lambda sp, n: observe_node(sp, n, spec_digest=sp.digest)  # noqa: E731
     first = plan(spec, node, observe(spec, node), link.fetch())
-    sys.stdout.write(render.human(first, spec.spec.cluster, spec.spec.primary))
+    sys.stdout.write(render.human(first, spec.model.cluster, spec.model.primary))
     if first.empty:
         return EXIT_OK
     if not args.yes and not _confirm():
@@ -74,33 +68,27 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.agent.run import Agent
-    from reconciler.spec.load import SpecError
 
     logs.setup(args.log_format)
     source = sources.from_args(args)
     state_dir = args.state_dir or (DEFAULT_STATE_DIR if isinstance(source, GitSource) else None)
-    try:
+    with sources.spec_errors(source):
         agent = Agent(source, args.node or default_node(), state_dir=state_dir)
-    except SpecError as e:
-        raise UserError(str(e)) from None
     return agent.run()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     source = sources.from_args(args, file_default="/etc/reconciler/cluster.yaml")
-    loaded = sources.load(source)
-    spec = loaded.spec
-    node = args.node or default_node()
-    if node not in spec.spec.nodes:
-        raise UserError(f"{source.describe()}: node {node!r} is not in nodes ({', '.join(spec.spec.nodes)}); use --node")
-    own = stamp(observe_node(spec, node), loaded)
+    spec = sources.load(source)
+    node = sources.node_of(spec, args.node, source)
+    own = stamp(observe_node(spec, node), spec)
     if args.json:
         sys.stdout.write(own.to_json() + "\n")
         return EXIT_OK
     peer = PeerLink(spec, node).fetch()
     revs = read_state(args.state_dir or DEFAULT_STATE_DIR, node)
     sys.stdout.write(status_text(spec, own, peer))
-    sys.stdout.write("\n".join(revision_lines(source, loaded, revs, peer)) + "\n")
+    sys.stdout.write("\n".join(revision_lines(source, spec, revs, peer)) + "\n")
     return EXIT_OK
 
 
@@ -115,9 +103,9 @@ def _uncommitted(source: SpecSource) -> bool:
         return False
 
 
-def revision_lines(source: SpecSource, loaded: Loaded, revs: Revisions | None, peer: NodeObservation | None) -> list[str]:
+def revision_lines(source: SpecSource, spec: LoadedSpec, revs: Revisions | None, peer: NodeObservation | None) -> list[str]:
     """Flux-style: last applied and last attempted revision; whether the peer applies the same."""
-    here = revision_label(loaded.revision, loaded.spec.digest)
+    here = revision_label(spec.revision, spec.digest)
     out = [f"Spec      {source.describe()}: {short(here)}"]
     if _uncommitted(source):
         out.append(f"          uncommitted edits to {source.path} are ignored until committed")
@@ -151,8 +139,8 @@ def _pg_line(pg, peer_pg) -> str:
     return f"standby, timeline {pg.timeline}, received {pg.receive_lsn}, replayed {pg.replay_lsn}, {src}"
 
 
-def status_text(spec, own: NodeObservation, peer: NodeObservation | None) -> str:
-    s = spec.spec
+def status_text(spec: LoadedSpec, own: NodeObservation, peer: NodeObservation | None) -> str:
+    s = spec.model
     out = [f"{own.node}: cluster {s.cluster}, spec primary {s.primary}, spec {spec.digest[:12]}"]
     if s.drbd:
         out.append("DRBD  resource  connection     roles               disks                  mount")

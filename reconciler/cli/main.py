@@ -1,22 +1,17 @@
-"""Command-line entry point: argument parsing and exit codes only.
+"""Command-line entry point: argument parsing and dispatch only.
 
 Exit codes follow Terraform's -detailed-exitcode: 0 nothing to do, 2 changes pending
-(blocked ones included), 1 error.  Every error reaches the user as one line on stderr,
-never as a traceback.
+(blocked ones included), 1 error (`reconciler.cli.common`).  Every error reaches the user
+as one line on stderr, never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-
-
-class UserError(Exception):
-    """An error to print as one line and exit 1."""
+from reconciler.cli.common import EXIT_ERROR, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,10 +87,6 @@ def _git_args(p: argparse.ArgumentParser, rev: bool = False, state: bool = False
     if state:
         p.add_argument("--state-dir", metavar="DIR", help="where the agent records its revisions "
                        "(default /var/lib/reconciler with --git; none for a plain file)")
-
-
-def default_node() -> str:
-    return socket.gethostname().split(".")[0]
 
 
 def main(argv: list[str] | None = None) -> int:

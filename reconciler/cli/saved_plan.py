@@ -17,13 +17,14 @@ import time
 
 from reconciler.agent import logs
 from reconciler.agent.peering import PeerLink
-from reconciler.agent.source import Loaded, SpecSource, stamp
+from reconciler.agent.source import SpecSource, stamp
 from reconciler.cli import sources
-from reconciler.cli.main import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError
+from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError
 from reconciler.model import NodeObservation
 from reconciler.plan import render
 from reconciler.plan.actions import Action, Plan
 from reconciler.plan.planner import plan
+from reconciler.spec import LoadedSpec
 
 KIND = "reconciler-saved-plan"
 SAVED_FORMAT = 1
@@ -57,13 +58,13 @@ def action_key(a: Action | dict) -> list:
     return [a["kind"], a["target"], list(a["items"]), sorted([k, v] for k, v in a["params"].items())]
 
 
-def write_saved(path: str, p: Plan, source: SpecSource, loaded: Loaded, own: NodeObservation,
+def write_saved(path: str, p: Plan, source: SpecSource, spec: LoadedSpec, own: NodeObservation,
                 peer: NodeObservation | None) -> None:
-    s = loaded.spec.spec
+    s = spec.model
     fp = observed_fingerprint(own, peer)
-    doc = {"kind": KIND, "saved_format": SAVED_FORMAT, "node": p.node, "source": sources.to_doc(source, loaded),
-           "spec_digest": loaded.spec.digest, "revision": loaded.revision, "observed_fingerprint": fp,
-           "plan": json.loads(render.to_json(p, s.cluster, s.primary, loaded.spec.digest, fp))}
+    doc = {"kind": KIND, "saved_format": SAVED_FORMAT, "node": p.node, "source": sources.to_doc(source, spec),
+           "spec_digest": spec.digest, "revision": spec.revision, "observed_fingerprint": fp,
+           "plan": json.loads(render.to_json(p, s.cluster, s.primary, spec.digest, fp))}
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -98,29 +99,29 @@ def read_saved(path: str) -> dict | None:
     return doc
 
 
-def _observe(loaded: Loaded, node: str, link: PeerLink) -> tuple[NodeObservation, NodeObservation | None]:
+def _observe(spec: LoadedSpec, node: str, link: PeerLink) -> tuple[NodeObservation, NodeObservation | None]:
     from reconciler.observe.node import observe_node
 
-    return stamp(observe_node(loaded.spec, node), loaded), link.fetch()
+    return stamp(observe_node(spec, node), spec), link.fetch()
 
 
 def _stale(why: str) -> UserError:
     return UserError(f"Saved plan is stale: {why}. Make a new one with `reconciler plan -out FILE`.")
 
 
-def _check_fresh(doc: dict, node: str) -> tuple[Loaded, PeerLink, Plan]:
-    loaded = sources.load(sources.from_doc(doc["source"]))
-    if loaded.spec.digest != doc["spec_digest"]:
-        now = f" (now commit {loaded.revision[:12]})" if loaded.revision else ""
+def _check_fresh(doc: dict, node: str) -> tuple[LoadedSpec, PeerLink, Plan]:
+    spec = sources.load(sources.from_doc(doc["source"]))
+    if spec.digest != doc["spec_digest"]:
+        now = f" (now commit {spec.revision[:12]})" if spec.revision else ""
         raise _stale(f"the spec changed since the plan was made{now}")
-    link = PeerLink(loaded.spec, node)
-    own, peer = _observe(loaded, node, link)
+    link = PeerLink(spec, node)
+    own, peer = _observe(spec, node, link)
     if observed_fingerprint(own, peer) != doc["observed_fingerprint"]:
         raise _stale("the observed state of this node or its peer changed since the plan was made")
-    p = plan(loaded.spec, node, own, peer)
+    p = plan(spec, node, own, peer)
     if [action_key(a) for a in p.actions] != [action_key(c) for c in doc["plan"]["changes"]]:
         raise _stale("planning again now gives different actions")
-    return loaded, link, p
+    return spec, link, p
 
 
 def apply_saved(args: argparse.Namespace, doc: dict) -> int:
@@ -130,16 +131,16 @@ def apply_saved(args: argparse.Namespace, doc: dict) -> int:
     if args.node and args.node != node:
         raise UserError(f"{args.file}: the plan is for node {node}, not {args.node}")
     logs.setup(args.log_format)
-    loaded, link, p = _check_fresh(doc, node)
+    spec, link, p = _check_fresh(doc, node)
     saved = doc["plan"]["changes"]
     done = 0
     for change in saved:
         if done:
-            p = plan(loaded.spec, node, *_observe(loaded, node, link))
+            p = plan(spec, node, *_observe(spec, node, link))
         a = p.next_action
         if a is None:
             break
-        rc = _run_one(loaded, node, p, a, change)
+        rc = _run_one(spec, node, p, a, change)
         if rc is not None:
             return rc
         done += 1
@@ -149,7 +150,7 @@ def apply_saved(args: argparse.Namespace, doc: dict) -> int:
     return EXIT_OK
 
 
-def _run_one(loaded: Loaded, node: str, p: Plan, a: Action, change: dict) -> int | None:
+def _run_one(spec: LoadedSpec, node: str, p: Plan, a: Action, change: dict) -> int | None:
     """Run `a` if it is still the saved `change` and not blocked; an exit code to stop with."""
     from reconciler.agent.cycle import Outcome
     from reconciler.execute.dispatch import run_action
@@ -161,7 +162,7 @@ def _run_one(loaded: Loaded, node: str, p: Plan, a: Action, change: dict) -> int
         print(f"Stopped: {render.title(a)}: waiting: {'; '.join(a.waiting_on)}")
         return EXIT_CHANGES
     t0 = time.monotonic()
-    r = run_action(loaded.spec, a)
+    r = run_action(spec, a)
     own = NodeObservation(node=node)  # action_line reads only the action and its result
     logs.action_line(node, Outcome("acted" if r.ok else "failed", p, own, a, r, time.monotonic() - t0))
     if not r.ok:
