@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from reconciler.agent.source import stamp
 from reconciler.cli import sources
 from reconciler.cli.common import EXIT_CHANGES, EXIT_OK, UserError
-from reconciler.cli.saved_plan import write_saved
+from reconciler.cli.saved_plan import observed_fingerprint, write_saved
 from reconciler.model import NodeObservation
 from reconciler.plan import render
 from reconciler.plan.planner import PlanError, plan
@@ -60,7 +60,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     s = spec.model
     if args.json:
-        sys.stdout.write(render.to_json(p, s.cluster, s.primary, spec.digest, render.fingerprint(own, peer)))
+        sys.stdout.write(render.to_json(p, s.cluster, s.primary, spec.digest, observed_fingerprint(own, peer)))
     else:
         if spec.revision:
             sys.stdout.write(f"Spec: {source.describe()} = commit {spec.revision[:12]}\n")

@@ -1,7 +1,7 @@
 """Saved plans: `plan -out FILE` writes one, `apply FILE` runs exactly it or refuses.
 
 The file holds the plan (the `plan --json` document), where the spec came from, its
-digest and a fingerprint of both observations.  `apply` reads the spec again from the
+digest and `observed_fingerprint` of both observations (the one `plan --json` shows).  `apply` reads the spec again from the
 same source, observes again and refuses with "Saved plan is stale" when either changed;
 otherwise it runs the saved actions in order, observing and re-planning before each, and
 stops at the first one that is blocked, failed, or no longer the next action.
@@ -48,6 +48,8 @@ def _normal(obs: NodeObservation, own: bool) -> dict:
 
 
 def observed_fingerprint(own: NodeObservation, peer: NodeObservation | None) -> str:
+    """The one hash of what this node and its peer look like, written as `observed_fingerprint`
+    by `plan --json` and `plan -out`; `apply PLAN` refuses when it is no longer the same."""
     doc = [_normal(own, True), _normal(peer, False) if peer is not None else "unreachable"]
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
