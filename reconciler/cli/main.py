@@ -119,10 +119,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from reconciler.cli.plan_cmd import cmd_plan
 
         return cmd_plan(args)
-    if args.cmd in ("apply", "run", "status"):
+    if args.cmd in ("apply", "run"):
         from reconciler.cli import agent_cmds
 
-        return {"apply": agent_cmds.cmd_apply, "run": agent_cmds.cmd_run, "status": agent_cmds.cmd_status}[args.cmd](args)
+        return {"apply": agent_cmds.cmd_apply, "run": agent_cmds.cmd_run}[args.cmd](args)
+    if args.cmd == "status":
+        from reconciler.cli.status_cmd import cmd_status
+
+        return cmd_status(args)
     if args.cmd in ("promote", "demote", "maintenance", "import"):
         from reconciler.cli import ops_cmds
 
