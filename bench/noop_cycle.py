@@ -26,10 +26,10 @@ def run(report: Report, quick: bool = False) -> None:
     from reconciler.netlink import run_in_netns
     from reconciler.observe.node import observe_node
     from reconciler.plan.planner import plan
-    from reconciler.spec.load import load_spec_bytes
+    from reconciler.spec.load import load_spec
 
     rounds = 7 if quick else 21
-    spec = load_spec_bytes(solo_spec(N).encode())
+    spec = load_spec("<memory>", solo_spec(N).encode())
     with netns_with_iface() as ns:
         r = add_addresses("eth0", ipv4_range("10.200.0.1", N, 32), netns=ns)
         if not r.ok:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from reconciler.spec.load import load_spec, load_spec_bytes
+from reconciler.spec.load import load_spec
 from tests.sim.cluster import SimCluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,7 @@ def scenarios() -> dict[str, dict[str, str]]:
     switched = text.replace(b"\nprimary: mx1 ", b"\nprimary: mx2 ")
     assert switched != text
     switched = switched.replace(b"$schema=cluster.schema.json", b"$schema=../../cluster.schema.json")
-    spec2 = load_spec_bytes(switched, "cluster.yaml")
+    spec2 = load_spec("cluster.yaml", switched)
     out: dict[str, dict[str, str]] = {}
 
     fresh = SimCluster([spec1], fresh=True)

@@ -35,7 +35,7 @@ def test_reads_head_ignores_uncommitted_edits_and_reports_them(repo):
     assert not src.uncommitted()
     write(os.path.join(repo, "cluster.yaml"), minimal_spec("mx2"))
     loaded = src.load()
-    assert loaded.revision == first and loaded.spec.spec.primary == "mx1"
+    assert loaded.revision == first and loaded.model.primary == "mx1"
     assert src.uncommitted()
     assert not src.changed()
 
@@ -70,7 +70,7 @@ def test_agent_follows_head_within_a_second_and_records_revisions(repo, tmp_path
         assert agent.watching.wait(5)
         write(os.path.join(repo, "cluster.yaml"), minimal_spec("mx2"))  # not committed
         _wait(lambda: agent.revs.rev.uncommitted, 3, "the uncommitted edit noticed")
-        assert agent.current.revision == first and agent.spec.spec.primary == "mx1"
+        assert agent.current.revision == first and agent.spec.model.primary == "mx1"
         assert "uncommitted edits" in caplog.text
         git(repo, "add", "cluster.yaml")
         t0 = time.monotonic()
@@ -82,7 +82,7 @@ def test_agent_follows_head_within_a_second_and_records_revisions(repo, tmp_path
     assert took < 1.0, f"new commit picked up after {took:.2f}s"
     st = read_state(state, "mx1")
     assert (st.applied, st.attempted, st.current, st.uncommitted) == (second, second, second, False)
-    assert agent.spec.spec.primary == "mx2"
+    assert agent.spec.model.primary == "mx2"
 
 
 def test_an_invalid_commit_is_attempted_but_not_applied(repo, tmp_path):

@@ -13,14 +13,14 @@ from reconciler.model import AddressObs, InterfaceObs, NodeObservation, ServiceO
 from reconciler.plan.actions import Kind
 from reconciler.plan.planner import plan
 from reconciler.plan.render import human
-from reconciler.spec.load import load_spec_bytes
+from reconciler.spec.load import load_spec
 
 
 def spec(primary: str, addresses: list[str] | None, fenced: str = "[]"):
     fi = ("floating_ips:\n  interface: eth0\n  addresses: [" + ", ".join(addresses) + "]\n") if addresses is not None else ""
     text = (f"cluster: c\nnodes:\n  mx1: {{address: 10.0.0.1}}\n  mx2: {{address: 10.0.0.2}}\n"
             f"primary: {primary}\nfenced: {fenced}\n{fi}services:\n  - name: greenarrow\n  - name: smtp\n")
-    return load_spec_bytes(text.encode(), "cluster.yaml")
+    return load_spec("cluster.yaml", text.encode())
 
 
 def obs(node: str, running: tuple[str, ...] = (), owned: tuple[str, ...] = (), errors: tuple[str, ...] = (),

@@ -104,7 +104,9 @@ def test_switchover_waits_for_both_revisions_then_happens(gcluster):
     assert p.returncode == 2 and "revisions disagree" in p.stdout
     assert new1[:12] in p.stdout and first["mx2"][:12] in p.stdout, p.stdout
     assert "primary=mx2" in p.stdout and "primary=mx1" in p.stdout
-    assert "DIFFERENT revision" in c.git_cli("mx1", "status").stdout
+    st = c.git_cli("mx1", "status").stdout
+    assert "Roles     DIFFERENT: this node applies primary=mx2 fenced=none, peer mx2 applies primary=mx1" in st, st
+    assert f"Peer mx2  applies {first['mx2'][:12]}; this node applies {new1[:12]}" in st, st
 
     c.write_spec("mx2", "mx2")
     new2 = c.commit("mx2", "switch to mx2")  # now both apply primary=mx2

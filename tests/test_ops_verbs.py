@@ -63,7 +63,7 @@ def test_verb_changes_only_the_primary_line(capsys, spec: Path, argv: list[str],
     assert changed_lines(before, after) == [("primary: mx1              " + PRIMARY_COMMENT, line + PRIMARY_COMMENT)]
     assert "-primary: mx1" in out and f"+{line.rstrip()}" in out  # the unified diff is shown
     assert out.startswith(f"--- a/{spec}\n+++ b/{spec}\n")
-    assert load_spec(str(spec)).spec.primary == line.split()[1]
+    assert load_spec(str(spec)).model.primary == line.split()[1]
 
 
 def test_maintenance_on_remembers_and_off_restores_byte_for_byte(capsys, spec: Path) -> None:
@@ -71,7 +71,7 @@ def test_maintenance_on_remembers_and_off_restores_byte_for_byte(capsys, spec: P
     rc, out, err = cli(capsys, "maintenance", "on", str(spec))
     assert rc == 0, err
     text = spec.read_text()
-    assert load_spec(str(spec)).spec.primary == "none"
+    assert load_spec(str(spec)).model.primary == "none"
     diff = [ln for ln in out.splitlines() if ln[:1] in "+-" and not ln.startswith(("---", "+++"))]
     assert diff == [
         "-primary: mx1              " + PRIMARY_COMMENT,
@@ -95,7 +95,7 @@ def test_maintenance_off_needs_a_primary_after_a_plain_demote(capsys, spec: Path
     assert spec.read_bytes() == demoted
     rc, out, err = cli(capsys, "maintenance", "off", "--primary", "mx2", str(spec))
     assert rc == 0, err
-    assert load_spec(str(spec)).spec.primary == "mx2"
+    assert load_spec(str(spec)).model.primary == "mx2"
 
 
 def test_maintenance_off_refused_when_not_in_maintenance(capsys, spec: Path) -> None:
@@ -119,7 +119,7 @@ def test_promote_removes_a_stale_maintenance_note(capsys, spec: Path) -> None:
 def _fenced_spec(spec: Path) -> bytes:
     text = spec.read_text().replace("primary: mx1 ", "primary: mx2 ").replace("fenced: []  ", "fenced: [mx1]")
     spec.write_text(text)
-    assert load_spec(str(spec)).spec.fenced == ["mx1"]
+    assert load_spec(str(spec)).model.fenced == ["mx1"]
     return spec.read_bytes()
 
 
@@ -179,7 +179,7 @@ def test_write_keeps_mode_and_symlink(capsys, spec: Path, tmp_path: Path) -> Non
     link = tmp_path / "link.yaml"
     link.symlink_to(spec.name)
     assert cli(capsys, "promote", "mx2", str(link))[0] == 0
-    assert link.is_symlink() and load_spec(str(spec)).spec.primary == "mx2"
+    assert link.is_symlink() and load_spec(str(spec)).model.primary == "mx2"
     assert stat.S_IMODE(spec.stat().st_mode) == 0o640
 
 

@@ -12,7 +12,7 @@ import pytest
 from reconciler.model import AddressObs, InterfaceObs, NodeObservation, PostgresObs, TimelineSwitch
 from reconciler.plan.actions import Kind
 from reconciler.plan.planner import PlanError, plan
-from reconciler.spec.load import load_spec, load_spec_bytes
+from reconciler.spec.load import load_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EX = os.path.join(ROOT, "specs", "examples")
@@ -28,7 +28,7 @@ def spec_with(**replace: str):
     text = open(os.path.join(ROOT, "specs", "cluster.example.yaml"), "rb").read()
     for old, new in replace.items():
         text = text.replace(old.encode(), new.encode())
-    return load_spec_bytes(text, "cluster.yaml")
+    return load_spec("cluster.yaml", text)
 
 
 def with_iface(obs: NodeObservation, name: str, **kw) -> NodeObservation:

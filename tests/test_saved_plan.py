@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from reconciler.cli.main import UserError
+from reconciler.cli.common import UserError
 from reconciler.cli.saved_plan import observed_fingerprint, read_saved
 from tests.conftest import need_netns
 from tests.gitrepo import commit_file, init_repo
@@ -109,6 +109,25 @@ def test_the_fingerprint_ignores_wal_positions_but_not_roles():
     other_rev = peer.model_copy(update={"spec_roles": "primary=mx2 fenced=none"})
     assert observed_fingerprint(own, other_rev) != base
     assert observed_fingerprint(own, None) != base
+
+
+def test_plan_json_and_plan_out_write_one_fingerprint(tmp_path, capsys):
+    """`plan --json` and `plan -out` write the same `observed_fingerprint`: the one `apply PLAN` checks."""
+    from reconciler.agent.source import stamp
+    from reconciler.cli.main import main
+    from reconciler.spec.load import load_spec
+
+    ex = os.path.join(ROOT, "specs", "examples", "fresh-install")
+    spec_file = os.path.join(ROOT, "specs", "cluster.example.yaml")
+    saved = str(tmp_path / "plan.json")
+    argv = ["plan", spec_file, "--node", "mx1", "--observed", os.path.join(ex, "mx1.json"),
+            "--peer-observed", os.path.join(ex, "mx2.json"), "--json", "-out", saved]
+    assert main(argv) == 2
+    shown = json.loads(capsys.readouterr().out)["observed_fingerprint"]
+    doc = read_saved(saved)
+    assert doc["observed_fingerprint"] == doc["plan"]["observed_fingerprint"] == shown
+    own = stamp(snap("fresh-install", "mx1"), load_spec(spec_file))
+    assert shown == observed_fingerprint(own, snap("fresh-install", "mx2"))
 
 
 def test_a_spec_is_not_a_saved_plan_and_a_broken_plan_is_an_error(tmp_path):

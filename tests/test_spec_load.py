@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from reconciler.spec import LoadedSpec
 from reconciler.spec.addresses import Block, expand, find_overlap, ips_file_entries, parse_entry
-from reconciler.spec.load import SpecError, load_spec, load_spec_bytes
+from reconciler.spec.load import SpecError, load_spec
 from reconciler.spec.schema import schema_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def _write(tmp_path: Path, text: str, name: str = "cluster.yaml") -> str:
 
 def test_example_validates() -> None:
     loaded = load_spec(str(EXAMPLE))
-    spec = loaded.spec
+    spec = loaded.model
     assert spec.cluster == "mail" and spec.primary == "mx1"
     assert {n: v.address for n, v in spec.nodes.items()} == {"mx1": "10.0.0.1", "mx2": "10.0.0.2"}
     assert [r.device for r in spec.drbd] == ["/dev/drbd0"] and spec.drbd[0].mount == "/var/hvmail"
@@ -66,8 +66,8 @@ def test_example_shows_ips_file_commented_out() -> None:
 def test_minimal_spec_defaults(tmp_path: Path) -> None:
     loaded = load_spec(_write(tmp_path, "cluster: c\nnodes: {a: {address: '2001:db8::1'}}\nprimary: none\n"))
     assert loaded.addresses == {}
-    assert loaded.spec.primary == "none" and loaded.spec.fenced == []
-    assert loaded.spec.announce.count == 3 and loaded.spec.agent.peer_port == 7170
+    assert loaded.model.primary == "none" and loaded.model.fenced == []
+    assert loaded.model.announce.count == 3 and loaded.model.agent.peer_port == 7170
 
 
 def test_ranges_expand_and_sort(tmp_path: Path) -> None:
@@ -162,20 +162,20 @@ def test_ips_file_entries_parsing() -> None:
     assert ips_file_entries("") == [] and ips_file_entries("#x\n\n   \n") == []
 
 
-def test_load_spec_bytes_and_bom(tmp_path: Path) -> None:
+def test_load_spec_from_bytes_and_bom(tmp_path: Path) -> None:
     data = b"\xef\xbb\xbf" + HEAD.replace("\n", "\r\n").encode()
-    loaded = load_spec_bytes(data, "mem.yaml")
+    loaded = load_spec("mem.yaml", data)
     assert isinstance(loaded, LoadedSpec)
-    assert loaded.path == "mem.yaml" and loaded.digest == hashlib.sha256(data).hexdigest()
+    assert loaded.path == "mem.yaml" and loaded.digest == hashlib.sha256(data).hexdigest() and loaded.revision is None
     with pytest.raises(SpecError) as info:
-        load_spec_bytes((HEAD + "bogus: 1\n").replace("\n", "\r\n").encode(), "mem.yaml")
+        load_spec("mem.yaml", (HEAD + "bogus: 1\n").replace("\n", "\r\n").encode())
     assert str(info.value).startswith("mem.yaml:6:1: bogus: unknown key")
 
 
 def test_quoted_keys_and_node_names(tmp_path: Path) -> None:
     text = "cluster: c\nnodes:\n  '1': {address: 10.0.0.1}\n  db.b: {address: 10.0.0.2}\nprimary: '1'\nfenced: [db.b]\n"
     loaded = load_spec(_write(tmp_path, text))
-    assert list(loaded.spec.nodes) == ["1", "db.b"] and loaded.spec.fenced == ["db.b"]
+    assert list(loaded.model.nodes) == ["1", "db.b"] and loaded.model.fenced == ["db.b"]
 
 
 def test_schema_file_is_current() -> None:

@@ -39,7 +39,7 @@ class PeerLink:
         self.update(spec, node)
 
     def update(self, spec: LoadedSpec, node: str) -> None:
-        s = spec.spec
+        s = spec.model
         self.peer = s.peer_of(node)
         self.host = s.nodes[self.peer].address if self.peer else None
         self.port = s.agent.peer_port

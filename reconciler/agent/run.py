@@ -21,7 +21,7 @@ from reconciler.agent.loop import Acted, Converged, Loop, Observe, OperatorNeede
 from reconciler.agent.metrics import Metrics
 from reconciler.agent.peering import PeerLink
 from reconciler.agent.sdnotify import Notifier
-from reconciler.agent.source import FileSource, Loaded, SourceError, SpecSource, load_or_fail, stamp
+from reconciler.agent.source import FileSource, SourceError, SpecSource, stamp
 from reconciler.agent.state import RevisionState, revision_label, short
 from reconciler.execute.dispatch import Result, announce_held, run_action
 from reconciler.model import NodeObservation
@@ -49,8 +49,8 @@ class Agent:
                  observe: Observe = _raw_observe, notifier: Notifier | None = None) -> None:
         self.source = FileSource(source) if isinstance(source, str) else source
         self.node, self.serve, self._raw = node, serve, observe
-        self.current: Loaded = load_or_fail(self.source)
-        if node not in self.spec.spec.nodes:
+        self.current: LoadedSpec = self.source.load()  # a SpecError or SourceError is the caller's
+        if node not in self.spec.model.nodes:
             raise SpecError(self.source.describe(), 1, 1, "nodes", f"this node {node!r} is not in nodes")
         self.revs = RevisionState(node, self.source.describe(), state_dir)
         self.revs.attempt(self.label)
@@ -70,11 +70,11 @@ class Agent:
 
     @property
     def spec(self) -> LoadedSpec:
-        return self.current.spec
+        return self.current
 
     @property
     def label(self) -> str:
-        return revision_label(self.current.revision, self.current.spec.digest)
+        return revision_label(self.current.revision, self.current.digest)
 
     # ---- observing, and the peer channel -----------------------------------------------
     def snapshot(self) -> NodeObservation | None:
@@ -84,8 +84,7 @@ class Agent:
             return self._snap[1] if self._snap else None
 
     def _observe(self, spec: LoadedSpec, node: str) -> NodeObservation:
-        cur = self.current
-        obs = stamp(self._raw(spec, node), cur if cur.spec is spec else Loaded(spec, None))
+        obs = stamp(self._raw(spec, node), spec)
         self._snap = (time.monotonic(), obs)
         self.notify.ready(f"observed; reconciling {short(self.label)}")
         return obs
@@ -104,7 +103,7 @@ class Agent:
     def _start_server(self) -> None:
         from reconciler.peer import PeerServer, load_secret
 
-        s = self.spec.spec
+        s = self.spec.model
         try:
             secret = load_secret(s.agent.peer_secret_file)
         except Exception as e:
@@ -120,22 +119,22 @@ class Agent:
             return
         try:
             new = self.source.load()
-            if self.node not in new.spec.spec.nodes:
-                raise SpecError(new.spec.path, 1, 1, "nodes", f"this node {self.node!r} is not in nodes")
+            if self.node not in new.model.nodes:
+                raise SpecError(new.path, 1, 1, "nodes", f"this node {self.node!r} is not in nodes")
         except (SpecError, SourceError) as e:
             log.error(f"{self.node}: spec edit refused, keeping the last good one ({short(self.label)}): {e}")
             self.revs.attempt(self.source.attempted, error=str(e))
             return
-        self.revs.attempt(revision_label(new.revision, new.spec.digest))
+        self.revs.attempt(revision_label(new.revision, new.digest))
         self.check_uncommitted()
-        if new.spec.digest == self.spec.digest and new.revision == self.current.revision:
+        if new.digest == self.spec.digest and new.revision == self.current.revision:
             return
-        rev = f"revision {new.revision[:12]}" if new.revision else f"spec {new.spec.digest[:12]}"
-        fenced = f", fenced: {', '.join(new.spec.spec.fenced)}" if new.spec.spec.fenced else ""
-        log.info(f"{self.node}: now reconciling {rev}: primary is {new.spec.spec.primary}{fenced}")
+        rev = f"revision {new.revision[:12]}" if new.revision else f"spec {new.digest[:12]}"
+        fenced = f", fenced: {', '.join(new.model.fenced)}" if new.model.fenced else ""
+        log.info(f"{self.node}: now reconciling {rev}: primary is {new.model.primary}{fenced}")
         self.current = new
         self.revs.running(self.label)
-        self.peer.update(new.spec, self.node)
+        self.peer.update(new, self.node)
 
     def check_uncommitted(self) -> None:
         try:
@@ -191,7 +190,7 @@ class Agent:
                 return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (n - 1))
             case Waiting():
                 return WAIT_POLL_S
-        return self.spec.spec.agent.drift_check_interval_s  # Converged, OperatorNeeded
+        return self.spec.model.agent.drift_check_interval_s  # Converged, OperatorNeeded
 
     def step(self) -> Outcome:
         self._reload()
@@ -233,8 +232,8 @@ class Agent:
             threading.Thread(target=self._feed_watchdog, name="watchdog", daemon=True).start()
         self.check_uncommitted()
         self._reannounce()
-        log.info(f"{self.node}: agent started for cluster {self.spec.spec.cluster} from {self.source.describe()} "
-                 f"({short(self.label)}, primary: {self.spec.spec.primary})")
+        log.info(f"{self.node}: agent started for cluster {self.spec.model.cluster} from {self.source.describe()} "
+                 f"({short(self.label)}, primary: {self.spec.model.primary})")
         try:
             self._loop()
         finally:
@@ -248,7 +247,7 @@ class Agent:
         """An agent killed after adding addresses may not have announced them: on start, the
         Primary announces the floating addresses it holds once more (GARPs leave no trace to
         observe, so this is the one thing done on start rather than from the plan)."""
-        if self.spec.spec.primary != self.node:
+        if self.spec.model.primary != self.node:
             return
         try:
             obs = observe_node(self.spec, self.node)

@@ -3,7 +3,9 @@
 `GitSource` reads `git show <commit>:./PATH` at the checked-out HEAD (argv lists with
 timeouts, never a shell): uncommitted edits are ignored, and reported by `uncommitted()`.
 `changed()` is cheap (a stat, or `git rev-parse HEAD` at most every POLL_S unless a
-watch event arrived), so the agent and its watcher thread may both call it.
+watch event arrived), so the agent and its watcher thread may both call it.  Both
+sources `load()` through `reconciler.spec.load.load_spec`, the git one with the commit as
+the `LoadedSpec`'s revision.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 
 from reconciler.model import NodeObservation
 from reconciler.plan.agreement import spec_roles
 from reconciler.spec import LoadedSpec
-from reconciler.spec.load import MAX_SPEC_BYTES, SpecError, load_spec, load_spec_bytes
+from reconciler.spec.load import MAX_SPEC_BYTES, load_spec
 
 GIT_TIMEOUT_S = 10.0
 POLL_S = 0.5  # the cheap `git rev-parse HEAD` poll, on top of watching .git
@@ -27,12 +28,6 @@ GIT_ENV = {"GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "
 
 class SourceError(Exception):
     """The spec could not be read from its source (not a spec problem: a git problem)."""
-
-
-@dataclass(frozen=True)
-class Loaded:
-    spec: LoadedSpec
-    revision: str | None  # the git commit, or None for a plain file
 
 
 class FileSource:
@@ -52,9 +47,10 @@ class FileSource:
         except OSError:
             return None
 
-    def load(self) -> Loaded:
+    def load(self) -> LoadedSpec:
+        """The spec in the file (revision None); a SpecError names FILE:LINE:COL."""
         self._mark = self._stat()
-        return Loaded(load_spec(self.path), None)
+        return load_spec(self.path)
 
     def changed(self) -> bool:
         return self._stat() != self._mark
@@ -122,14 +118,14 @@ class GitSource:
             raise SourceError(f"{self.path} at {commit[:12]} is larger than {MAX_SPEC_BYTES >> 10} KiB")
         return data
 
-    def load(self) -> Loaded:
-        """The spec at the revision; a SpecError names FILE@COMMIT:LINE:COL."""
+    def load(self) -> LoadedSpec:
+        """The spec at the revision; a SpecError names FILE@COMMIT:LINE:COL, a SourceError a git problem."""
         commit = self.resolve()
         with self._lock:
             self._loaded = self.attempted = commit
             self._seen, self._event = (time.monotonic(), commit), False
         name = f"{self.worktree_file}@{commit[:12]}"
-        return Loaded(load_spec_bytes(self.read(commit), name), commit)
+        return load_spec(name, self.read(commit), revision=commit)
 
     def notify(self) -> None:
         """A watch event on .git: the next `changed()` asks git at once."""
@@ -172,16 +168,7 @@ def _err(r: subprocess.CompletedProcess[bytes]) -> str:
     return f"exit {r.returncode}" + (f": {lines[-1]}" if lines else "")
 
 
-def stamp(obs: NodeObservation, loaded: Loaded) -> NodeObservation:
+def stamp(obs: NodeObservation, spec: LoadedSpec) -> NodeObservation:
     """The observation, saying which spec (digest, revision, roles) this node applies."""
-    spec = loaded.spec
-    return obs.model_copy(update={"spec_digest": spec.digest, "revision": loaded.revision,
-                                  "spec_roles": spec_roles(spec.spec)})
-
-
-def load_or_fail(source: SpecSource) -> Loaded:
-    """`source.load()`, with a git problem turned into a SpecError-like one-line error."""
-    try:
-        return source.load()
-    except SourceError as e:
-        raise SpecError(source.describe(), 1, 1, "(source)", str(e)) from None
+    return obs.model_copy(update={"spec_digest": spec.digest, "revision": spec.revision,
+                                  "spec_roles": spec_roles(spec.model)})

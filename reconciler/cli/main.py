@@ -1,22 +1,17 @@
-"""Command-line entry point: argument parsing and exit codes only.
+"""Command-line entry point: argument parsing and dispatch only.
 
 Exit codes follow Terraform's -detailed-exitcode: 0 nothing to do, 2 changes pending
-(blocked ones included), 1 error.  Every error reaches the user as one line on stderr,
-never as a traceback.
+(blocked ones included), 1 error (`reconciler.cli.common`).  Every error reaches the user
+as one line on stderr, never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-
-
-class UserError(Exception):
-    """An error to print as one line and exit 1."""
+from reconciler.cli.common import EXIT_ERROR, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,10 +89,6 @@ def _git_args(p: argparse.ArgumentParser, rev: bool = False, state: bool = False
                        "(default /var/lib/reconciler with --git; none for a plain file)")
 
 
-def default_node() -> str:
-    return socket.gethostname().split(".")[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -128,10 +119,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from reconciler.cli.plan_cmd import cmd_plan
 
         return cmd_plan(args)
-    if args.cmd in ("apply", "run", "status"):
+    if args.cmd in ("apply", "run"):
         from reconciler.cli import agent_cmds
 
-        return {"apply": agent_cmds.cmd_apply, "run": agent_cmds.cmd_run, "status": agent_cmds.cmd_status}[args.cmd](args)
+        return {"apply": agent_cmds.cmd_apply, "run": agent_cmds.cmd_run}[args.cmd](args)
+    if args.cmd == "status":
+        from reconciler.cli.status_cmd import cmd_status
+
+        return cmd_status(args)
     if args.cmd in ("promote", "demote", "maintenance", "import"):
         from reconciler.cli import ops_cmds
 

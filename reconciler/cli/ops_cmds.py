@@ -14,10 +14,10 @@ import sys
 from dataclasses import dataclass
 
 from reconciler._cmd import CmdResult, run
-from reconciler.cli.main import UserError
+from reconciler.cli.common import UserError
 from reconciler.spec.edit import EditError, PrimarySite, check_only_primary, create_new, locate, set_primary
 from reconciler.spec.edit import unified_diff, write_atomic
-from reconciler.spec.load import MAX_IPS_BYTES, MAX_SPEC_BYTES, SpecError, load_spec_bytes, read_capped
+from reconciler.spec.load import MAX_IPS_BYTES, MAX_SPEC_BYTES, SpecError, load_spec, read_capped
 from reconciler.spec.models import Spec
 
 GIT_TIMEOUT = 120.0  # a commit runs the repository's hooks (reconciler validate, say)
@@ -36,10 +36,10 @@ def _open(path: str) -> _Opened:
     """Read and validate the spec file; the verbs refuse to edit a file that is not valid."""
     try:
         data = read_capped(path, MAX_SPEC_BYTES, path, "(file)")
-        spec = load_spec_bytes(data, path).spec
+        spec = load_spec(path, data).model
     except SpecError as e:
         raise UserError(f"{e} (nothing changed)") from None
-    text = data.decode("utf-8")  # load_spec_bytes has checked it decodes
+    text = data.decode("utf-8")  # load_spec has checked it decodes
     try:
         site = locate(text)
     except EditError as e:
@@ -113,7 +113,7 @@ def _apply(args: argparse.Namespace, op: _Opened, node: str, new: str, change: s
     """Validate, show the diff, write atomically, commit: each only when the previous worked."""
     data = new.encode("utf-8")
     try:
-        load_spec_bytes(data, op.path)
+        load_spec(op.path, data)
     except SpecError as e:
         raise UserError(f"refusing to write {op.path}: the result would not be valid: {e}") from None
     repo = _git_preflight(op.path) if args.commit else None
@@ -181,7 +181,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     plan = legacy.ImportPlan(args.cluster, nodes, primary, args.interface, sections, drbd, sources)
     text = legacy.render_spec(plan)
     try:
-        load_spec_bytes(text.encode("utf-8"), args.output or "<import>")
+        load_spec(args.output or "<import>", text.encode("utf-8"))
     except SpecError as e:
         raise UserError(f"the imported spec would not be valid: {e}") from None
     warnings += [f"resource {r.name}: no mount point (--mount {r.name}=PATH); left commented out" for r in drbd if not r.mount]

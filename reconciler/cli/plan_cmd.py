@@ -15,12 +15,12 @@ from pydantic import ValidationError
 
 from reconciler.agent.source import stamp
 from reconciler.cli import sources
-from reconciler.cli.main import EXIT_CHANGES, EXIT_OK, UserError, default_node
+from reconciler.cli.common import EXIT_CHANGES, EXIT_OK, UserError
+from reconciler.cli.saved_plan import observed_fingerprint, write_saved
 from reconciler.model import NodeObservation
 from reconciler.plan import render
 from reconciler.plan.planner import PlanError, plan
 from reconciler.spec import LoadedSpec
-from reconciler.spec.load import SpecError, load_spec
 
 MAX_SNAPSHOT_BYTES = 64 << 20
 
@@ -41,24 +41,10 @@ def load_snapshot(path: str) -> NodeObservation:
         raise UserError(f"{path}: {where}: {err.get('msg', 'invalid')}") from None
 
 
-def load_spec_or_fail(path: str) -> LoadedSpec:
-    try:
-        return load_spec(path)
-    except SpecError as e:
-        raise UserError(str(e)) from None
-
-
-def check_node(spec: LoadedSpec, node: str, where: str) -> str:
-    if node not in spec.spec.nodes:
-        raise UserError(f"{where}: node {node!r} is not in nodes ({', '.join(spec.spec.nodes)}); use --node")
-    return node
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     source = sources.from_args(args)
-    loaded = sources.load(source)
-    spec = loaded.spec
-    node = check_node(spec, args.node or default_node(), source.describe())
+    spec = sources.load(source)
+    node = sources.node_of(spec, args.node, source)
     if args.observed is None:
         from reconciler.observe.node import observe_node
 
@@ -67,22 +53,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         own = load_snapshot(args.observed)
         peer = load_snapshot(args.peer_observed) if args.peer_observed else None
-    own = stamp(own, loaded)
+    own = stamp(own, spec)
     try:
         p = plan(spec, node, own, peer)
     except PlanError as e:
         raise UserError(str(e)) from None
-    s = spec.spec
+    s = spec.model
     if args.json:
-        sys.stdout.write(render.to_json(p, s.cluster, s.primary, spec.digest, render.fingerprint(own, peer)))
+        sys.stdout.write(render.to_json(p, s.cluster, s.primary, spec.digest, observed_fingerprint(own, peer)))
     else:
-        if loaded.revision:
-            sys.stdout.write(f"Spec: {source.describe()} = commit {loaded.revision[:12]}\n")
+        if spec.revision:
+            sys.stdout.write(f"Spec: {source.describe()} = commit {spec.revision[:12]}\n")
         sys.stdout.write(render.human(p, s.cluster, s.primary, verbose=args.verbose))
     if args.out:
-        from reconciler.cli.saved_plan import write_saved
-
-        write_saved(args.out, p, source, loaded, own, peer)
+        write_saved(args.out, p, source, spec, own, peer)
         print(f"\nSaved the plan to {args.out}: `reconciler apply {args.out}` runs exactly these actions, "
               "and refuses if the spec or the observed state changes first.", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if p.empty else EXIT_CHANGES

@@ -1,7 +1,7 @@
 """Saved plans: `plan -out FILE` writes one, `apply FILE` runs exactly it or refuses.
 
 The file holds the plan (the `plan --json` document), where the spec came from, its
-digest and a fingerprint of both observations.  `apply` reads the spec again from the
+digest and `observed_fingerprint` of both observations (the one `plan --json` shows).  `apply` reads the spec again from the
 same source, observes again and refuses with "Saved plan is stale" when either changed;
 otherwise it runs the saved actions in order through the shared loop (`agent.loop`),
 observing and re-planning before each, and stops at the first one that is blocked, failed,
@@ -18,13 +18,14 @@ import os
 from reconciler.agent import logs
 from reconciler.agent.loop import Admit, Converged, Loop
 from reconciler.agent.peering import PeerLink
-from reconciler.agent.source import Loaded, SpecSource, stamp
+from reconciler.agent.source import SpecSource, stamp
 from reconciler.cli import sources
-from reconciler.cli.main import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError
+from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError
 from reconciler.model import NodeObservation
 from reconciler.plan import render
 from reconciler.plan.actions import Action, Plan
 from reconciler.plan.planner import plan
+from reconciler.spec import LoadedSpec
 
 KIND = "reconciler-saved-plan"
 SAVED_FORMAT = 1
@@ -48,6 +49,8 @@ def _normal(obs: NodeObservation, own: bool) -> dict:
 
 
 def observed_fingerprint(own: NodeObservation, peer: NodeObservation | None) -> str:
+    """The one hash of what this node and its peer look like, written as `observed_fingerprint`
+    by `plan --json` and `plan -out`; `apply PLAN` refuses when it is no longer the same."""
     doc = [_normal(own, True), _normal(peer, False) if peer is not None else "unreachable"]
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -58,13 +61,13 @@ def action_key(a: Action | dict) -> list:
     return [a["kind"], a["target"], list(a["items"]), sorted([k, v] for k, v in a["params"].items())]
 
 
-def write_saved(path: str, p: Plan, source: SpecSource, loaded: Loaded, own: NodeObservation,
+def write_saved(path: str, p: Plan, source: SpecSource, spec: LoadedSpec, own: NodeObservation,
                 peer: NodeObservation | None) -> None:
-    s = loaded.spec.spec
+    s = spec.model
     fp = observed_fingerprint(own, peer)
-    doc = {"kind": KIND, "saved_format": SAVED_FORMAT, "node": p.node, "source": sources.to_doc(source, loaded),
-           "spec_digest": loaded.spec.digest, "revision": loaded.revision, "observed_fingerprint": fp,
-           "plan": json.loads(render.to_json(p, s.cluster, s.primary, loaded.spec.digest, fp))}
+    doc = {"kind": KIND, "saved_format": SAVED_FORMAT, "node": p.node, "source": sources.to_doc(source, spec),
+           "spec_digest": spec.digest, "revision": spec.revision, "observed_fingerprint": fp,
+           "plan": json.loads(render.to_json(p, s.cluster, s.primary, spec.digest, fp))}
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -99,26 +102,26 @@ def read_saved(path: str) -> dict | None:
     return doc
 
 
-def _observe(loaded: Loaded, node: str) -> NodeObservation:
+def _observe(loaded: LoadedSpec, node: str) -> NodeObservation:
     from reconciler.observe.node import observe_node
 
-    return stamp(observe_node(loaded.spec, node), loaded)
+    return stamp(observe_node(loaded, node), loaded)
 
 
 def _stale(why: str) -> UserError:
     return UserError(f"Saved plan is stale: {why}. Make a new one with `reconciler plan -out FILE`.")
 
 
-def _check_fresh(doc: dict, node: str) -> tuple[Loaded, PeerLink, tuple[NodeObservation, NodeObservation | None]]:
+def _check_fresh(doc: dict, node: str) -> tuple[LoadedSpec, PeerLink, tuple[NodeObservation, NodeObservation | None]]:
     loaded = sources.load(sources.from_doc(doc["source"]))
-    if loaded.spec.digest != doc["spec_digest"]:
+    if loaded.digest != doc["spec_digest"]:
         now = f" (now commit {loaded.revision[:12]})" if loaded.revision else ""
         raise _stale(f"the spec changed since the plan was made{now}")
-    link = PeerLink(loaded.spec, node)
+    link = PeerLink(loaded, node)
     own, peer = _observe(loaded, node), link.fetch()
     if observed_fingerprint(own, peer) != doc["observed_fingerprint"]:
         raise _stale("the observed state of this node or its peer changed since the plan was made")
-    p = plan(loaded.spec, node, own, peer)
+    p = plan(loaded, node, own, peer)
     if [action_key(a) for a in p.actions] != [action_key(c) for c in doc["plan"]["changes"]]:
         raise _stale("planning again now gives different actions")
     return loaded, link, (own, peer)
@@ -148,14 +151,14 @@ def apply_saved(args: argparse.Namespace, doc: dict) -> int:
     saved = doc["plan"]["changes"]
     done = 0
     for change in saved:
-        o = loop.step(loaded.spec, _as_saved(change), seen if done == 0 else None)
+        o = loop.step(loaded, _as_saved(change), seen if done == 0 else None)
         if isinstance(o, Converged):
             break
         rc = stop_code(node, o)
         if rc is not None:
             return rc
         done += 1
-    missed = loop.confirm(loaded.spec)
+    missed = loop.confirm(loaded)
     if missed is not None:
         return stop_code(node, missed) or EXIT_ERROR
     wait_for_announcements()

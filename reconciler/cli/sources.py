@@ -1,16 +1,21 @@
 """The spec's source from the command line: FILE, or `--git DIR --path FILE [--rev REV]`.
 
-The same source is written into saved plans (`to_doc`/`from_doc`) so that `apply` reads
-the spec again from where `plan` read it, and can tell whether it changed.
+`load` is how every command reads its spec: through the source, to a `LoadedSpec`, with
+any spec or git problem turned into the one-line error and exit 1 (`spec_errors`).  The
+same source is written into saved plans (`to_doc`/`from_doc`) so that `apply` reads the
+spec again from where `plan` read it, and can tell whether it changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from reconciler.agent.source import FileSource, GitSource, Loaded, SourceError, SpecSource
-from reconciler.cli.main import UserError
+from reconciler.agent.source import FileSource, GitSource, SourceError, SpecSource
+from reconciler.cli.common import UserError, default_node
+from reconciler.spec import LoadedSpec
 from reconciler.spec.load import SpecError
 
 
@@ -33,16 +38,31 @@ def from_args(args: argparse.Namespace, file_default: str | None = None) -> Spec
         raise UserError(f"--git {git}: {e}") from None
 
 
-def load(source: SpecSource) -> Loaded:
+@contextmanager
+def spec_errors(source: SpecSource) -> Iterator[None]:
+    """A SpecError (`FILE:LINE:COL: key: reason`) or a git problem becomes the one-line UserError."""
     try:
-        return source.load()
+        yield
     except SpecError as e:
         raise UserError(str(e)) from None
     except SourceError as e:
         raise UserError(f"{source.describe()}: {e}") from None
 
 
-def to_doc(source: SpecSource, loaded: Loaded) -> dict[str, str | None]:
+def load(source: SpecSource) -> LoadedSpec:
+    with spec_errors(source):
+        return source.load()
+
+
+def node_of(spec: LoadedSpec, node: str | None, source: SpecSource) -> str:
+    """`--node`, or this host's name; it must be one of the spec's nodes."""
+    node = node or default_node()
+    if node not in spec.model.nodes:
+        raise UserError(f"{source.describe()}: node {node!r} is not in nodes ({', '.join(spec.model.nodes)}); use --node")
+    return node
+
+
+def to_doc(source: SpecSource, loaded: LoadedSpec) -> dict[str, str | None]:
     if isinstance(source, GitSource):
         return {"type": "git", "repo": source.repo, "path": source.path, "rev": source.rev, "commit": loaded.revision}
     return {"type": "file", "path": os.path.abspath(source.path)}

@@ -22,12 +22,12 @@ def _try(errors: list[str], what: str, fn: Callable[[], Any], default: Any) -> A
 
 
 def _drbd(spec: LoadedSpec, errors: list[str]) -> dict[str, DrbdObs]:
-    if not spec.spec.drbd:
+    if not spec.model.drbd:
         return {}
     from reconciler.observe.drbd import DrbdModuleMissing, read_drbd
 
     try:
-        return read_drbd(spec.spec.drbd)
+        return read_drbd(spec.model.drbd)
     except DrbdModuleMissing as e:
         errors.append(NodeObservation.failure("drbd", e))
         return dict(e.observations)
@@ -41,7 +41,7 @@ def observe_node(spec: LoadedSpec, node: str, spec_digest: str | None = None) ->
     from reconciler.observe.net import read_interfaces
     from reconciler.observe.service import read_services
 
-    s = spec.spec
+    s = spec.model
     errors: list[str] = []
     ifaces = _try(errors, "net", lambda: read_interfaces(sorted(spec.addresses)), {})
     drbd = _drbd(spec, errors)

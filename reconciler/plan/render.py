@@ -7,12 +7,10 @@ add/remove; every other action is one add (+), change (~) or remove (-).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 
 from reconciler.addrtext import sort_key
-from reconciler.model import NodeObservation
 from reconciler.plan.actions import Action, Kind, Plan
 
 FORMAT_VERSION = "1.0"
@@ -95,12 +93,6 @@ def human(plan: Plan, cluster: str, primary: str, verbose: bool = False) -> str:
     if plan.notes:
         lines += ["", "Notes:"] + [f"  - {n}" for n in plan.notes]
     return "\n".join(lines) + "\n"
-
-
-def fingerprint(own: NodeObservation, peer: NodeObservation | None) -> str:
-    h = hashlib.sha256(own.model_dump_json().encode())
-    h.update(b"\0" + (peer.model_dump_json().encode() if peer is not None else b"unreachable"))
-    return h.hexdigest()
 
 
 def to_json(plan: Plan, cluster: str, primary: str, spec_digest: str, fp: str) -> str:

@@ -198,7 +198,7 @@ def _line(text: str, comment: str | None = None, col: int = _COL) -> str:
 
 
 def render_spec(plan: ImportPlan) -> str:
-    """The YAML text of the starting spec (validate it with `load_spec_bytes`)."""
+    """The YAML text of the starting spec (validate it with `load_spec`)."""
     s = render_scalar
     out = [
         f"# yaml-language-server: $schema={plan.schema}",

@@ -35,16 +35,15 @@ MAX_SPEC_BYTES = 1 << 20  # the spec file; PyYAML composes ~3 s/MiB, so keep it 
 MAX_IPS_BYTES = 4 << 20  # the ips_file: plain lines, parsed fast
 MAX_DEPTH = 64  # YAML nesting
 
-__all__ = ["SpecError", "load_spec", "load_spec_bytes", "MAX_SPEC_BYTES", "MAX_IPS_BYTES"]
+__all__ = ["SpecError", "load_spec", "MAX_SPEC_BYTES", "MAX_IPS_BYTES"]
 
 
-def load_spec(path: str) -> LoadedSpec:
-    """Read, parse and check the spec file at `path` (and its ips_file, if any)."""
-    return load_spec_bytes(read_capped(path, MAX_SPEC_BYTES, path, "(file)"), path)
-
-
-def load_spec_bytes(data: bytes, path: str = "<memory>") -> LoadedSpec:
-    """As `load_spec`, from bytes already read; `path` names the file in errors."""
+def load_spec(path: str, data: bytes | None = None, revision: str | None = None) -> LoadedSpec:
+    """The one way to load a spec: read, parse and check the file at `path` (and its ips_file,
+    if any), or the bytes `data` already read (from git, or an edit to check before writing
+    it) that `path` names in errors.  `revision` is the git commit the bytes come from."""
+    if data is None:
+        data = read_capped(path, MAX_SPEC_BYTES, path, "(file)")
     doc = Doc(path)
     root = _compose(_decode(data, path, "(file)"), path)
     if root is None:
@@ -59,7 +58,7 @@ def load_spec_bytes(data: bytes, path: str = "<memory>") -> LoadedSpec:
         raise from_validation_error(e, doc) from None
     addresses, ips_bytes = _addresses(spec, doc)
     digest = hashlib.sha256(data + ips_bytes).hexdigest()
-    return LoadedSpec(spec=spec, addresses=addresses, digest=digest, path=path)
+    return LoadedSpec(model=spec, addresses=addresses, digest=digest, path=path, revision=revision)
 
 
 def read_capped(path: str, cap: int, err_file: str, err_key: str, at: tuple[int, int] = (1, 1)) -> bytes:

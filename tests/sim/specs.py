@@ -27,4 +27,4 @@ def make_spec(primary: str = "mx1", fenced: tuple[str, ...] = (), ips: tuple[str
     addrs = tuple(sorted({ipaddress.ip_interface(a).with_prefixlen for a in ips},
                          key=lambda a: int(ipaddress.ip_interface(a).ip)))
     # as the loader does: floating_ips.interface is managed even with no addresses on it
-    return LoadedSpec(spec=spec, addresses={"eth0": addrs}, digest=f"sim-{primary}-{fenced}-{ips}")
+    return LoadedSpec(model=spec, addresses={"eth0": addrs}, digest=f"sim-{primary}-{fenced}-{ips}")
