@@ -9,7 +9,7 @@ Served as `GET /metrics` on the peer channel when the spec says `agent.metrics: 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -22,7 +22,7 @@ from reconciler.spec import LoadedSpec
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-def _gauge(name: str, doc: str, labels: list[str], rows: list[tuple[list[str], float]]) -> GaugeMetricFamily:
+def _gauge(name: str, doc: str, labels: list[str], rows: Sequence[tuple[list[str], float]]) -> GaugeMetricFamily:
     g = GaugeMetricFamily(name, doc, labels=labels)
     for values, v in rows:
         g.add_metric(values, v)

@@ -12,9 +12,11 @@ from reconciler.agent.source import FileSource, GitSource
 from reconciler.agent.state import DEFAULT_STATE_DIR
 from reconciler.cli import sources
 from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError, default_node
+from reconciler.model import NodeObservation
 from reconciler.observe.node import observe_node
 from reconciler.plan import render
 from reconciler.plan.planner import plan
+from reconciler.spec import LoadedSpec
 
 MAX_APPLY_STEPS = 500
 
@@ -38,7 +40,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     node = sources.node_of(spec, args.node, source)
     logs.setup(args.log_format)
     link = PeerLink(spec, node)
-    observe = lambda sp, n: observe_node(sp, n, spec_digest=sp.digest)  # noqa: E731
+
+    def observe(sp: LoadedSpec, n: str) -> NodeObservation:
+        return observe_node(sp, n, spec_digest=sp.digest)
+
     first = plan(spec, node, observe(spec, node), link.fetch())
     sys.stdout.write(render.human(first, spec.model.cluster, spec.model.primary))
     if first.empty:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 
 from reconciler.agent.source import FileSource, GitSource, SourceError, SpecSource
@@ -68,7 +69,7 @@ def to_doc(source: SpecSource, loaded: LoadedSpec) -> dict[str, str | None]:
     return {"type": "file", "path": os.path.abspath(source.path)}
 
 
-def from_doc(doc: dict) -> SpecSource:
+def from_doc(doc: dict[str, Any]) -> SpecSource:
     try:
         if doc.get("type") == "git":
             return GitSource(str(doc["repo"]), str(doc["path"]), str(doc.get("rev") or "HEAD"))

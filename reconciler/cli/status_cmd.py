@@ -15,7 +15,7 @@ from reconciler.agent.source import SourceError, SpecSource, stamp
 from reconciler.agent.state import DEFAULT_STATE_DIR, Revisions, read_state, revision_label, short, state_path
 from reconciler.cli import sources
 from reconciler.cli.common import EXIT_OK
-from reconciler.model import NodeObservation, lsn_to_int
+from reconciler.model import NodeObservation, PostgresObs, lsn_to_int
 from reconciler.observe.node import observe_node
 from reconciler.plan.agreement import spec_roles
 from reconciler.spec import LoadedSpec
@@ -94,7 +94,7 @@ def _recorded(revs: Revisions | None, state_file: str) -> list[str]:
     return out
 
 
-def _pg_line(pg, peer_pg) -> str:
+def _pg_line(pg: PostgresObs | None, peer_pg: PostgresObs | None) -> str:
     if pg is None:
         return "not observed"
     if not pg.running:

@@ -42,7 +42,7 @@ def plan(spec: LoadedSpec, node: str, own: NodeObservation, peer: NodeObservatio
     ctx = Ctx(spec, node, own, peer)
     waits = unknown.unobserved(ctx)
     if waits:  # never plan from a partial observation (see `unknown`)
-        actions, notes = waits, []
+        actions, notes = waits, list[str]()
     else:
         actions, notes = _primary(ctx) if ctx.is_primary else _secondary(ctx)
         actions, notes = agreement.guard_role_changes(ctx, actions, notes)

@@ -78,7 +78,7 @@ def render_scalar(value: str, style: str | None) -> str:
     """`value` as a YAML scalar read back as the same string, in `style` where possible."""
     if style == "'" and "'" not in value and value.isprintable():
         return f"'{value}'"
-    resolved = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))
+    resolved = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
     if style is None and _PLAIN_RE.match(value) and resolved == _STR_TAG:
         return value
     return json.dumps(value)  # a JSON string is a valid double-quoted YAML scalar

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from reconciler.spec import models
 from reconciler.spec.models import Loc, Spec, SpecValueError, loc_str
@@ -96,7 +97,7 @@ class _Err:
     path: Loc  # the part of pydantic's loc present in the document (where to point)
     shown: Loc  # the key path printed
     full: Loc  # pydantic's loc, union tags included (to find the model)
-    err: dict[str, Any]
+    err: ErrorDetails
     on_key: bool = False  # point at the key rather than the value
 
 
@@ -119,7 +120,7 @@ def _is_type_err(e: _Err) -> bool:
     return e.err["type"] in _TYPE_WORDS or e.err["type"] == "literal_error"
 
 
-def _resolve(err: dict[str, Any], doc: Doc) -> _Err:
+def _resolve(err: ErrorDetails, doc: Doc) -> _Err:
     loc = tuple(err["loc"])
     exc = (err.get("ctx") or {}).get("error")
     if isinstance(exc, SpecValueError):
