@@ -35,7 +35,7 @@ def waits(p, kind: Kind) -> list[str]:
 
 
 def test_switch_and_new_address_list_in_one_commit_waits_for_the_old_primary():
-    """The first sequence issue 9 found: mx2 named Primary with a new address list while
+    """The first failing sequence the unseeded search found: mx2 named Primary with a new address list while
     mx1 still runs smtp and holds the old address."""
     s = spec("mx2", ["10.9.1.5/32"])
     mx1 = obs("mx1", running=("smtp",), owned=("10.9.0.10/24",))

@@ -1,7 +1,7 @@
 """PostgreSQL driver on real PostgreSQL 15: observe, switchover, rejoin, rewind, crash recovery.
 
 Clusters come from `tests.pgcluster.pg_lab` (temp dirs, free ports, torn down even on
-failure).  The switchover follows reference §10 with a writer inserting rows, and checks
+failure).  The switchover is the lossless one (CHECKPOINT, fast stop, promote after the shutdown checkpoint arrived), with a writer inserting rows, and checks
 that every acknowledged insert survives.  Run with -s to see the measured step timings.
 """
 
@@ -96,7 +96,7 @@ def test_planned_switchover_is_lossless_and_old_primary_rejoins_without_rewind(p
     assert not oa.running and oa.cluster_state == "shut down" and oa.checkpoint_end_lsn
     end = oa.checkpoint_end_lsn
     ob = b.observe()
-    # invariant 1: the fast shutdown waited until the connected standby had the checkpoint
+    # the fast shutdown waited until the connected standby had the checkpoint
     assert lsn_to_int(ob.receive_lsn or "0/0") >= lsn_to_int(end), (ob.receive_lsn, end)
 
     with timed(timings, "promote"):
@@ -164,7 +164,7 @@ def test_sigkilled_primary_is_crash_recovered_in_single_user_mode(pg_lab: PgLab)
     wait_for(gone, what="the killed postmaster and its backends to be gone")
     oa = a.observe()
     assert not oa.running and oa.cluster_state == "in production" and oa.checkpoint_end_lsn is None
-    with pytest.raises(PostgresError, match="crash-recover first"):  # invariant 5
+    with pytest.raises(PostgresError, match="crash-recover first"):  # an unclean primary may hold WAL past the fork
         pgx.start_standby(a.cfg, LOCAL, 1, "a")
     assert not a.observe().running
 

@@ -64,7 +64,7 @@ def test_controldata_rewind_flags() -> None:
 def test_waldump_end_of_shutdown_checkpoint() -> None:
     end = parse_waldump_checkpoint_end(fixture("waldump_shutdown.stdout"), fixture("waldump_shutdown.stderr"))
     assert end == "0/3019A48"
-    # the same run's promotion forked exactly there (reference invariant 2)
+    # the same run's promotion forked exactly there (promotion forks at the end of the last replayed record)
     assert parse_history(fixture("history_00000002.history")) == (TimelineSwitch(parent=1, switchpoint=end),)
 
 
@@ -75,7 +75,7 @@ def test_waldump_when_wal_follows_the_checkpoint() -> None:
 
 
 def test_waldump_pg16_wording_must_agree_with_the_record() -> None:
-    # PG16+ wording as quoted in the reference (not captured: no PG16 here)
+    # PG16+ wording (not captured: no PG16 here)
     out = fixture("waldump_shutdown.stdout")
     err = "pg_waldump: error: error in WAL record at 0/30199D0: invalid record length at {}: expected at least 24"
     assert parse_waldump_checkpoint_end(out, err.format("0/3019A48")) == "0/3019A48"

@@ -18,8 +18,9 @@ from reconciler.plan.actions import Guard
 from tests.test_sim_properties import NODES, Cluster
 
 # Examples needed to find each mutant, unseeded runs: peer check 6-594 (15 runs), DRBD
-# guards 39-881 (15); measured again after issue 9 (the handover guard, the demotion-order
-# invariant): addresses 31-548 (8), partial observation 11-745 (8), handover 5-2,745 (10).
+# guards 39-881 (15); measured again once the handover guard and the demotion-order
+# invariant came: addresses 31-548 (8), partial observation 11-745 (8), handover 5-2,745
+# (10).
 # The budget is about 3x the worst of those; derandomize makes every run search the same
 # examples, so the outcome is reproducible (a change that makes the search miss fails every
 # time, not now and then).  No shrinking: the violation is all this test needs.

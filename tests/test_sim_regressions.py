@@ -1,6 +1,6 @@
 """Failing sequences found by unseeded property searches, replayed step by step.
 
-Issue 9: in a cluster without DRBD and PostgreSQL, mx2 started greenarrow while mx1 still
+The Primary-only services on both nodes: in a cluster without DRBD and PostgreSQL, mx2 started greenarrow while mx1 still
 ran smtp, because nothing but "the peer holds none of *these* addresses" stood in the way:
 the same commit switched the Primary and changed the address list, or drift had taken
 mx1's address.  The first sequence is the shortest one of the search that found it
@@ -18,7 +18,7 @@ from tests.test_sim_properties import Cluster
 TEN = {"10.9.0.10/24"}  # what `edit_spec(ips=set())` meant when these were found
 
 SEQUENCES = {
-    "switch and new address list in one commit (issue 9)": [
+    "switch and new address list in one commit": [
         ("agent", {"node": "mx1"}), ("agent", {"node": "mx1"}), ("agent", {"node": "mx1"}),
         ("edit_spec", {"ips": {"10.9.1.5/32"}, "primary": "mx2", "reach": "both"}),
         *[("agent", {"node": "mx2"})] * 6,

@@ -1,7 +1,7 @@
 """DRBD actions: `drbdadm [-c CONF] up|connect|primary|secondary <res>`, classified.
 
 Each call is an argv list with its own timeout (drbdadm's own child timeouts are up to
-600 s).  Failures are classified from exit code and stderr (reference drbd.md §1.5-1.7):
+600 s).  Failures are classified from exit code and stderr (drbdadm 8.4's retcodes):
 DRBD's safety refusals are reported, never worked around; only (-12) "held open" and
 (-18)/(-19) transient states are retried, a few times with backoff.  The data-loss options
 of drbdadm are never built here; tests/test_drbd_safety.py greps the package for them.

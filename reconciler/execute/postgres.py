@@ -1,15 +1,8 @@
 """Execute the PG_* actions on the local PostgreSQL; every binary runs as the data dir owner.
 
-Conventions the node must meet (the agent runs as root; SQL goes as the superuser named
-like the data directory's owner, over the socket advertised in postmaster.pid):
-  pg_ident.conf:  reconciler  root      postgres      (and `postgres postgres`)
-  pg_hba.conf:    local  all          postgres    peer map=reconciler
-                  local  replication  postgres    peer map=reconciler   (IDENTIFY_SYSTEM)
-                  host   replication  <repl user> <peer>/32 scram-sha-256
-                  host   postgres     <repl user> <peer>/32 scram-sha-256  (pg_rewind source;
-                  the role needs EXECUTE on pg_ls_dir, pg_stat_file, pg_read_binary_file)
-postgresql.conf lives in the data directory and sets nothing node-specific (pg_rewind and
-pg_basebackup copy it); port and primary_conninfo are in the owned file (`pgconf`).
+SQL goes as the superuser named like the data directory's owner, over the socket
+advertised in postmaster.pid (the node's pg_ident/pg_hba set-up: docs/operating.md,
+"PostgreSQL set-up").  Port and primary_conninfo are in the owned file (`pgconf`).
 Each action returns what the tools printed (never a password: passfiles only).
 """
 
@@ -33,7 +26,7 @@ COPY_TIMEOUT_S = 6 * 3600  # pg_basebackup, pg_rewind, single-user crash recover
 MARGIN_S = 30  # subprocess timeout beyond the tool's own -t
 
 # pg_control states from which starting as a standby is safe; any other is a primary that
-# stopped uncleanly and may hold WAL past the fork (reference invariant 5).
+# stopped uncleanly and may hold WAL past the fork, and must be crash-recovered first.
 _STANDBY_OK = ("shut down", "shut down in recovery", "in archive recovery")
 # A standby's data directory: only promotion may make it writable (never a plain start,
 # which would end recovery on the *same* timeline as the old primary).
@@ -177,7 +170,7 @@ def start_standby(cfg: Postgres, source_host: str | None, source_port: int | Non
     """standby.signal FIRST, then the owned conninfo (none: an idle standby), then start.
 
     Refused on a primary that stopped uncleanly: it may hold WAL past the fork point and
-    must be crash-recovered first (reference invariant 5).  A backup_label (left by
+    must be crash-recovered first.  A backup_label (left by
     pg_basebackup or pg_rewind) makes recovery start from the backup's checkpoint: allowed.
     """
     owner = _stopped_owner(cfg, "start as a standby")

@@ -46,20 +46,6 @@ def _read(path: str) -> str | None:
         return None
 
 
-def detect_version() -> tuple[Version, str] | None:
-    """(version, where it came from), or None when no DRBD module is loaded or installed."""
-    text = _read(PROC_DRBD)
-    if text is not None and (v := parse_version(text.split("\n", 1)[0])):
-        return v, PROC_DRBD
-    res = _cmd.run(["drbdadm", "--version"], timeout=10)
-    if res.ok and (v := parse_version(res.stdout)):
-        return v, "drbdadm --version"
-    res = _cmd.run(["modinfo", "-F", "version", "drbd"], timeout=10)
-    if res.ok and (v := parse_version(res.stdout)):
-        return v, "modinfo"
-    return None
-
-
 # -- module diagnosis ---------------------------------------------------------------------------
 
 

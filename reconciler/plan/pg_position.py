@@ -1,6 +1,6 @@
 """WAL positions and timelines: who is ahead of whom, and has a former primary diverged.
 
-Pure helpers over `PostgresObs`, encoding docs/postgres reference rules:
+Pure helpers over `PostgresObs`, encoding PostgreSQL's rules:
 - a clean fast shutdown streams the shutdown checkpoint to a *connected* standby; a
   planned promotion waits until this standby has received past its end;
 - promotion forks a new timeline at the end of the last replayed record;

@@ -1,6 +1,6 @@
 """A model of two nodes that reproduces the rules of the real systems the planner relies on.
 
-Not a fake of any driver: it models the *world* (shared/reference) so the real planner
+Not a fake of any driver: it models the *world* (the real tools' documented behaviour) so the real planner
 can be stepped through arbitrary interleavings and faults:
 - DRBD 8.4: promotion refused with a Primary peer while connected (-1) and without
   UpToDate data (-2); demotion refused while mounted (-12); a disconnected Secondary
