@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reconciler.address import Address
 from reconciler.plan.actions import Action, Kind
 from reconciler.spec import LoadedSpec
 from reconciler.spec.models import DrbdResource, Postgres, Service
@@ -60,7 +61,7 @@ _announcer = None
 _jobs: list = []
 
 
-def _announce(spec: LoadedSpec, iface: str, items: tuple[str, ...]) -> None:
+def _announce(spec: LoadedSpec, iface: str, items: tuple[Address, ...]) -> None:
     """Queue gratuitous ARP / unsolicited NA for addresses just added or adopted, paced
     in the background so the loop goes on to start the services."""
     global _announcer

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from typing import Iterable, Mapping
 
+from reconciler.address import Address
 from reconciler.model import AddressObs, InterfaceObs
 from reconciler.netlink import (
     IFA_F_SECONDARY,
@@ -41,7 +42,7 @@ class ObsMemo:
 
     def __init__(self) -> None:
         self.addrs = AddrMemo()
-        self.obs: dict[tuple[str, bool, bool], AddressObs] = {}
+        self.obs: dict[tuple[Address, bool, bool], AddressObs] = {}
 
 
 _MEMO = ObsMemo()  # pure memoisation: identical bytes parse alike, whichever namespace they came from
@@ -69,7 +70,7 @@ def parse_interfaces(
     wanted = {by_name[n].index: n for n in names if n in by_name}
     found: dict[str, list[AddressObs]] = {n: [] for n in wanted.values()}
     prev = memo.obs if memo is not None else {}
-    made: dict[tuple[str, bool, bool], AddressObs] = {}
+    made: dict[tuple[Address, bool, bool], AddressObs] = {}
     for a in addrs:
         name = wanted.get(a.index)
         if name is None or a.scope != RT_SCOPE_UNIVERSE:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from reconciler.address import Address
+
 
 class Kind(str, Enum):
     """Each kind: precondition -> effect (postcondition)."""
@@ -84,7 +86,7 @@ class Action:
     kind: Kind
     target: str  # interface, mount point, resource, service or "postgres"
     reason: str  # the diff that caused it, one sentence; for humans only
-    items: tuple[str, ...] = ()  # addresses for the address kinds
+    items: tuple[Address, ...] = ()  # addresses for the address kinds
     guards: tuple[Guard, ...] = ()
     loses: str | None = None  # what executing it discards, when it discards anything
     params: tuple[tuple[str, str], ...] = ()  # extra executor inputs (e.g. source host/port)

@@ -8,10 +8,9 @@ add/remove; every other action is one add (+), change (~) or remove (-).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 
-from reconciler.addrtext import sort_key
+from reconciler.address import Address
 from reconciler.model import NodeObservation
 from reconciler.plan.actions import Action, Kind, Plan
 
@@ -42,18 +41,16 @@ _TITLE = {
 }
 
 
-def _runs(items: tuple[str, ...]) -> list[tuple[str, str, int, int]]:
-    """Contiguous runs of addresses with the same prefix: (first, last, prefix, count)."""
+def _runs(items: tuple[Address, ...]) -> list[tuple[Address, Address, int]]:
+    """Contiguous runs of addresses with the same version and prefix: (first, last, count)."""
     runs: list[list] = []
     for a in items:
-        version, n, plen = sort_key(a)
-        text = ".".join(map(str, n.to_bytes(4, "big"))) if version == 4 else str(ipaddress.IPv6Address(n))
         last = runs[-1] if runs else None
-        if last and last[2] == plen and last[4] == version and last[5] + 1 == n:
-            last[1], last[5], last[3] = text, n, last[3] + 1
+        if last and last[1].prefix == a.prefix and last[1].version == a.version and last[1].value + 1 == a.value:
+            last[1], last[2] = a, last[2] + 1
         else:
-            runs.append([text, text, plen, 1, version, n])
-    return [(r[0], r[1], r[2], r[3]) for r in runs]
+            runs.append([a, a, 1])
+    return [(r[0], r[1], r[2]) for r in runs]
 
 
 def _address_lines(a: Action, verbose: bool) -> list[str]:
@@ -64,11 +61,11 @@ def _address_lines(a: Action, verbose: bool) -> list[str]:
     if len(runs) > _MAX_RUNS:
         return [f"{a.symbol} {verb}{len(a.items):,} addresses in {len(runs):,} runs on {a.target} (--verbose lists them)"]
     out = []
-    for first, last, plen, count in runs:
+    for first, last, count in runs:
         if count == 1:
-            out.append(f"{a.symbol} {verb}{first}/{plen} on {a.target}")
+            out.append(f"{a.symbol} {verb}{first} on {a.target}")
         else:
-            out.append(f"{a.symbol} {verb}{count:,} addresses {first} … {last}/{plen} on {a.target}")
+            out.append(f"{a.symbol} {verb}{count:,} addresses {first.ip} … {last} on {a.target}")
     return out
 
 
@@ -148,7 +145,7 @@ def _action_json(a: Action) -> dict:
         "symbol": a.symbol,
         "target": a.target,
         "title": title(a),
-        "items": list(a.items),
+        "items": [x.text for x in a.items],
         "params": dict(a.params),
         "reason": a.reason,
         "blocked": a.blocked,
