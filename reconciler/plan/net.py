@@ -98,7 +98,8 @@ def plan_addresses(ctx: Ctx) -> tuple[list[Action], list[str]]:
                 actions.append(_missing_iface(ctx, name, want))
             continue
         owned = {a.address for a in iface.addresses if a.owned}
-        foreign = {a.address for a in iface.addresses if not a.owned}
+        # all of them ours (the Primary's usual case): no second pass for the others
+        foreign = {a.address for a in iface.addresses if not a.owned} if len(owned) < len(iface.addresses) else set()
         remove = owned - want
         why = (
             f"{ctx.me} is not the Primary: floating addresses go"
@@ -109,8 +110,11 @@ def plan_addresses(ctx: Ctx) -> tuple[list[Action], list[str]]:
         if not ctx.is_primary:
             notes += _foreign_copies(name, foreign & floating)
             continue
+        # owned - remove is owned & want: when it is as large as want, nothing is missing (the
+        # converged case, answered without a second pass over every address)
+        missing = frozenset() if len(owned) - len(remove) == len(want) else want - owned - foreign
         actions += _add_actions(ctx, name, tuple(sorted(want & foreign)), Kind.ADOPT_ADDRESSES)
-        actions += _add_actions(ctx, name, tuple(sorted(want - owned - foreign)), Kind.ADD_ADDRESSES)
+        actions += _add_actions(ctx, name, tuple(sorted(missing)), Kind.ADD_ADDRESSES)
     return actions, notes
 
 
