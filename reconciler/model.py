@@ -10,9 +10,14 @@ and fed back with `reconciler plan --observed FILE`.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from operator import attrgetter
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, field_validator
+from pydantic_core import CoreSchema, core_schema
+
+from reconciler import address
+from reconciler.address import Address
 
 SNAPSHOT_FORMAT = 1
 
@@ -39,10 +44,24 @@ def _check_lsn(value: str | None) -> str | None:
     return value
 
 
+class _AsText:
+    """An `Address` field: kept typed in Python, read from and written as its canonical
+    text ("10.1.0.5/24") in JSON, so snapshots and the peer's answers stay text."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        from_text = core_schema.no_info_after_validator_function(address.parse, core_schema.str_schema())
+        return core_schema.json_or_python_schema(
+            json_schema=from_text,
+            python_schema=core_schema.union_schema([core_schema.is_instance_schema(Address), from_text]),
+            serialization=core_schema.plain_serializer_function_ser_schema(attrgetter("text")),
+        )
+
+
 class AddressObs(_Frozen):
     """One address on an interface, identified by (interface, address, prefix)."""
 
-    address: str  # "10.1.0.5/24" or "2001:db8::5/64"
+    address: Annotated[Address, _AsText]  # 10.1.0.5/24 or 2001:db8::5/64 (as text in JSON)
     owned: bool  # carries this tool's IFA_PROTO tag
     secondary: bool = False  # IPv4 IFA_F_SECONDARY: dropped with its subnet's primary
 

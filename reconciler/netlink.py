@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import ipaddress
 import os
 import re
 import socket
 import struct
 import threading
 from typing import Callable, Container, Iterator, NamedTuple, Sequence, TypeVar
+
+from reconciler.address import Address, from_packed
 
 T = TypeVar("T")
 
@@ -51,11 +52,11 @@ _NETNS_RE = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$")
 
 
 class AddrInfo(NamedTuple):
-    """One RTM_NEWADDR message; `address` is canonical ('10.0.0.5/24', compressed IPv6)."""
+    """One RTM_NEWADDR message; `address` is typed, made once from the message's bytes."""
 
     index: int
     family: int
-    address: str
+    address: Address
     prefixlen: int
     scope: int
     flags: int  # IFA_FLAGS when present (32 bits), else ifa_flags
@@ -118,12 +119,6 @@ def parse_attrs(data: bytes, start: int, end: int) -> dict[int, bytes]:
     return out
 
 
-def _ip_text(family: int, raw: bytes) -> str:
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw)
-    return ipaddress.IPv6Address(raw).compressed
-
-
 def parse_addr_dump(
     data: bytes, indexes: Container[int] | None = None, memo: "AddrMemo | None" = None
 ) -> list[AddrInfo]:
@@ -180,7 +175,7 @@ def parse_addr_dump(
         raw = local or address
         info = None
         if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
-            info = AddrInfo(index, family, f"{_ip_text(family, raw)}/{plen}", plen, scope, flags, proto, prio)
+            info = AddrInfo(index, family, from_packed(raw, plen), plen, scope, flags, proto, prio)
             out.append(info)
         if seen is not None:
             seen[data[start:end]] = info

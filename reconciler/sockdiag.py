@@ -22,7 +22,7 @@ import socket
 import struct
 from typing import Iterable, NamedTuple
 
-from reconciler.addrtext import v4_int
+from reconciler.address import Address
 from reconciler.netlink import Netlink, iter_messages
 
 NETLINK_SOCK_DIAG = 4
@@ -95,21 +95,23 @@ def parse_diag_dump(data: bytes) -> list[TcpConn]:
     return out
 
 
-def _canonical(addr: str) -> tuple[int, str]:
-    text = addr.split("/", 1)[0]
-    if v4_int(text) is not None:  # canonical IPv4: the common case, thousands at a time
-        return socket.AF_INET, text
-    ip = ipaddress.ip_interface(addr).ip  # 'ADDR' or 'ADDR/PLEN'
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return socket.AF_INET, str(ip.ipv4_mapped)
-    return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), ip.compressed
+def _host(version: int, value: int) -> tuple[int, int]:
+    """(version, value) of an address, an IPv4-mapped IPv6 one (::ffff:a.b.c.d) as IPv4."""
+    if version == 6 and value >> 32 == 0xFFFF:
+        return 4, value & 0xFFFFFFFF
+    return version, value
 
 
-def connections_on(locals_: Iterable[str]) -> list[TcpConn]:
+def _conn_host(c: TcpConn) -> tuple[int, int]:
+    raw = socket.inet_pton(c.family, c.local)
+    return _host(4 if c.family == socket.AF_INET else 6, int.from_bytes(raw, "big"))
+
+
+def connections_on(locals_: Iterable[Address]) -> list[TcpConn]:
     """The TCP connections (not listeners) in this network namespace whose local address is
-    one of `locals_` ('ADDR' or 'ADDR/PLEN').  IPv4 clients of a dual-stack socket show as
-    IPv4-mapped IPv6 addresses and are matched too."""
-    wanted = {_canonical(a) for a in locals_}
+    one of `locals_` (whatever their prefix lengths).  IPv4 clients of a dual-stack socket
+    show as IPv4-mapped IPv6 addresses and are matched too."""
+    wanted = {_host(a.version, a.value) for a in locals_}
     if not wanted:
         return []
     found = []
@@ -117,12 +119,12 @@ def connections_on(locals_: Iterable[str]) -> list[TcpConn]:
         for family in (socket.AF_INET, socket.AF_INET6):
             data = nl.dump(SOCK_DIAG_BY_FAMILY, diag_request(family, RESET_STATES))
             for c in parse_diag_dump(data):
-                if _canonical(c.local) in wanted:
+                if _conn_host(c) in wanted:
                     found.append(c)
     return found
 
 
-def reset_connections(locals_: Iterable[str]) -> tuple[int, list[str]]:
+def reset_connections(locals_: Iterable[Address]) -> tuple[int, list[str]]:
     """Reset every connection on `locals_` (see the module's docstring).
 
     Returns (how many were reset, problems); a socket that closed meanwhile is not a problem.

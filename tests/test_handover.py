@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from reconciler.address import parse
 from reconciler.model import AddressObs, InterfaceObs, NodeObservation, ServiceObs
 from reconciler.plan.actions import Kind
 from reconciler.plan.planner import plan
@@ -69,7 +70,7 @@ def test_services_without_floating_addresses_wait_for_the_peers_services():
 def test_an_emptied_address_list_removes_ours_and_the_new_primary_waits_for_that():
     s = spec("mx2", [])
     old = plan(s, "mx1", obs("mx1", owned=("10.9.0.10/24",)), obs("mx2"))
-    assert [(a.kind, a.items) for a in old.actions] == [(Kind.REMOVE_ADDRESSES, ("10.9.0.10/24",))]
+    assert [(a.kind, a.items) for a in old.actions] == [(Kind.REMOVE_ADDRESSES, (parse("10.9.0.10/24"),))]
     new = plan(s, "mx2", obs("mx2"), obs("mx1", owned=("10.9.0.10/24",)))
     assert waits(new, Kind.START_SERVICE)[0].startswith("peer mx1 still holds 10.9.0.10/24 on eth0:")
 

@@ -113,7 +113,7 @@ def test_import_writes_a_valid_collapsed_spec(capsys, legacy, tmp_path: Path) ->
     assert text.splitlines()[0] == "# yaml-language-server: $schema=cluster.schema.json"
     loaded = load_spec(str(out_path))
     assert set(loaded.addresses) == {"ens18"}
-    assert set(loaded.addresses["ens18"]) == addrs and len(loaded.addresses["ens18"]) == len(addrs)
+    assert {a.text for a in loaded.addresses["ens18"]} == addrs and len(loaded.addresses["ens18"]) == len(addrs)
     doc = yaml.safe_load(text)
     assert len(doc["floating_ips"]["addresses"]) == 10
     assert "192.0.2.10-192.0.2.209/24" in doc["floating_ips"]["addresses"]

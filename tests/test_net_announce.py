@@ -14,12 +14,17 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from reconciler.address import Address, parse
 from reconciler.execute.announce import Announcer, RateLimiter, announce
 from reconciler.execute.net import add_addresses
 from reconciler.netlink import run_in_netns
 from reconciler.spec.models import Announce
 from tests.conftest import need_netns
 from tests.netns_pair import Pair, mac_of, veth_pair
+
+
+def addrs(texts: list[str]) -> list[Address]:
+    return [parse(t) for t in texts]
 
 
 @pytest.fixture
@@ -57,7 +62,7 @@ def test_garp_received_by_peer(pair: Pair) -> None:
     mac = mac_of(pair.ns_a, pair.a)
     cap = _capture(pair.ns_b, pair.b, 0x0806)
     try:
-        res = announce(pair.a, vips, Announce(count=2, interval_ms=20), netns=pair.ns_a)
+        res = announce(pair.a, addrs(vips), Announce(count=2, interval_ms=20), netns=pair.ns_a)
         frames = _frames(cap, 4, lambda f: f[28:32] in (bytes([10, 100, 0, 5]), bytes([10, 100, 0, 6])))
     finally:
         cap.close()
@@ -84,12 +89,12 @@ def _icmp6_checksum_ok(ip6: bytes) -> bool:
 
 def test_unsolicited_na_received_by_peer(pair: Pair) -> None:
     vip = "2001:db8:100::5"
-    assert add_addresses(pair.a, [f"{vip}/64"], netns=pair.ns_a).ok
+    assert add_addresses(pair.a, addrs([f"{vip}/64"]), netns=pair.ns_a).ok
     mac = mac_of(pair.ns_a, pair.a)
     target = socket.inet_pton(socket.AF_INET6, vip)
     cap = _capture(pair.ns_b, pair.b, 0x86DD)
     try:
-        res = announce(pair.a, [f"{vip}/64"], Announce(count=2, interval_ms=20), netns=pair.ns_a)
+        res = announce(pair.a, addrs([f"{vip}/64"]), Announce(count=2, interval_ms=20), netns=pair.ns_a)
         frames = _frames(cap, 2, lambda f: len(f) >= 86 and f[20] == 58 and f[54] == 136 and f[62:78] == target)
     finally:
         cap.close()
@@ -110,12 +115,12 @@ def test_unsolicited_na_received_by_peer(pair: Pair) -> None:
 def test_pacing_respects_rate_and_interval(pair: Pair) -> None:
     vips = [f"10.110.0.{i}/32" for i in range(1, 11)]
     started = time.monotonic()
-    res = announce(pair.a, vips, Announce(count=3, interval_ms=0, rate_limit_pps=50), netns=pair.ns_a)
+    res = announce(pair.a, addrs(vips), Announce(count=3, interval_ms=0, rate_limit_pps=50), netns=pair.ns_a)
     elapsed = time.monotonic() - started
     assert res.sent == 30
     assert elapsed >= 29 / 50 - 0.05  # 30 packets at 50/s; burst allowance is 10 ms
     started = time.monotonic()
-    res = announce(pair.a, vips[:1], Announce(count=4, interval_ms=150, rate_limit_pps=100_000), netns=pair.ns_a)
+    res = announce(pair.a, addrs(vips[:1]), Announce(count=4, interval_ms=150, rate_limit_pps=100_000), netns=pair.ns_a)
     assert res.sent == 4 and time.monotonic() - started >= 3 * 0.150
 
 
@@ -123,9 +128,9 @@ def test_announcer_runs_in_background_and_stops(pair: Pair) -> None:
     ann = Announcer()
     try:
         t0 = time.monotonic()
-        slow = ann.submit(pair.a, ["10.120.0.1/32"], Announce(count=100, interval_ms=0, rate_limit_pps=10), pair.ns_a)
+        slow = ann.submit(pair.a, addrs(["10.120.0.1/32"]), Announce(count=100, interval_ms=0, rate_limit_pps=10), pair.ns_a)
         assert time.monotonic() - t0 < 0.5  # submit does not block
-        queued = ann.submit(pair.a, ["10.120.0.2/32"], Announce(count=1), pair.ns_a)
+        queued = ann.submit(pair.a, addrs(["10.120.0.2/32"]), Announce(count=1), pair.ns_a)
         time.sleep(0.3)
     finally:
         ann.stop()
@@ -146,5 +151,5 @@ def test_rate_limiter_is_shared_across_threads() -> None:
 
 
 def test_missing_interface_is_a_result(pair: Pair) -> None:
-    res = announce("rvnosuch0", ["10.0.0.1/32"], Announce(), netns=pair.ns_a)
+    res = announce("rvnosuch0", addrs(["10.0.0.1/32"]), Announce(), netns=pair.ns_a)
     assert res.failed == 1 and res.sent == 0 and res.errors

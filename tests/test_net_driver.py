@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.address import Address, parse
 from reconciler.execute.net import (
     TAG,
     add_addresses,
@@ -51,12 +52,17 @@ from tests.netns_pair import Pair, ip, sysctl, veth_pair
 FIXTURES = Path(__file__).parent / "fixtures" / "net"
 
 
+def addrs(texts: list[str]) -> list[Address]:
+    return [parse(t) for t in texts]
+
+
 # --- parsers on captured bytes --------------------------------------------------------------
 
 
 def test_parse_addr_dump_captured() -> None:
-    addrs = parse_addr_dump((FIXTURES / "addr_dump.bin").read_bytes())
-    got = [(a.index, a.address, a.scope, a.flags & 0xFF, a.proto) for a in addrs]
+    dump = parse_addr_dump((FIXTURES / "addr_dump.bin").read_bytes())
+    assert all(a.address.prefix == a.prefixlen and a.address == parse(a.address.text) for a in dump)
+    got = [(a.index, a.address.text, a.scope, a.flags & 0xFF, a.proto) for a in dump]
     assert got == [
         (1, "127.0.0.1/8", 254, 0x80, None),
         (2, "10.9.1.1/24", 0, 0x80, None),
@@ -86,8 +92,8 @@ def test_memoised_parse_equals_a_fresh_parse_as_the_dump_changes() -> None:
     later = b"".join([*msgs[:2], bytes(changed), *msgs[4:]])
     got = parse_addr_dump(later, memo=memo)
     assert got == parse_addr_dump(later)
-    assert [a.address for a in got][:3] == ["127.0.0.1/8", "10.9.1.1/24", "10.9.0.1/24"]
-    assert "192.0.2.7/32" not in {a.address for a in got}
+    assert [a.address.text for a in got][:3] == ["127.0.0.1/8", "10.9.1.1/24", "10.9.0.1/24"]
+    assert parse("192.0.2.7/32") not in {a.address for a in got}
     assert memo.last is not None and len(memo.last) == len(got)  # only the last dump is kept
 
 
@@ -98,8 +104,8 @@ def test_parse_interfaces_captured() -> None:
         (2, "fxb", "02000000000b"),
         (3, "fxa", "02000000000a"),
     ]
-    addrs = parse_addr_dump((FIXTURES / "addr_dump.bin").read_bytes())
-    obs = parse_interfaces(["fxa", "fxb", "lo", "gone0"], links, addrs, {"fxa": False, "fxb": True, "lo": False})
+    dump = parse_addr_dump((FIXTURES / "addr_dump.bin").read_bytes())
+    obs = parse_interfaces(["fxa", "fxb", "lo", "gone0"], links, dump, {"fxa": False, "fxb": True, "lo": False})
     assert obs["fxa"] == InterfaceObs(
         exists=True,
         up=False,  # admin up, but the peer fxb is down: no carrier
@@ -120,7 +126,7 @@ def test_parse_interfaces_captured() -> None:
     assert obs["gone0"] == InterfaceObs(exists=False, up=False)
     # memoised: equal results, and the unchanged AddressObs objects are reused
     memo = ObsMemo()
-    args = (["fxa", "fxb", "lo", "gone0"], links, addrs, {"fxa": False, "fxb": True, "lo": False})
+    args = (["fxa", "fxb", "lo", "gone0"], links, dump, {"fxa": False, "fxb": True, "lo": False})
     first = parse_interfaces(*args, memo=memo)
     second = parse_interfaces(*args, memo=memo)
     assert first == second == obs and first["fxa"].addresses[0] is second["fxa"].addresses[0]
@@ -131,7 +137,7 @@ def test_dump_intr_flag_and_truncation() -> None:
     clean = pack_msg(RTM_NEWADDR, NLM_F_MULTI, 7, body)
     assert not dump_interrupted(clean)
     assert dump_interrupted(clean + pack_msg(RTM_NEWADDR, NLM_F_MULTI | NLM_F_DUMP_INTR, 7, body))
-    assert parse_addr_dump(clean)[0].address == "10.0.0.1/32"
+    assert parse_addr_dump(clean)[0].address == parse("10.0.0.1/32")
     with pytest.raises(ValueError):
         list(iter_messages(clean[:-4]))
 
@@ -152,10 +158,15 @@ def test_parse_error_with_extended_ack() -> None:
 def test_bad_input_is_refused_before_any_io() -> None:
     for bad in ("", "eth0 ", "a/b", "x" * 16, "..", "eth0;rm"):
         with pytest.raises(ValueError):
-            add_addresses(bad, ["10.0.0.1/32"])
-    for items in (["10.0.0.1"], ["10.0.0.300/32"], ["224.0.0.1/32"], ["::/128"], ["nonsense/24"]):
+            add_addresses(bad, addrs(["10.0.0.1/32"]))
+    for text in ("10.0.0.1", "10.0.0.300/32", "nonsense/24"):  # no Address is made of these
         with pytest.raises(ValueError):
-            remove_addresses("eth0", items)
+            parse(text)
+    for text in ("224.0.0.1/32", "::/128"):  # addresses, but not unicast ones
+        with pytest.raises(ValueError):
+            remove_addresses("eth0", addrs([text]))
+    with pytest.raises(TypeError):
+        remove_addresses("eth0", ["10.0.0.1/32"])  # type: ignore[list-item]  # text, not an Address
     with pytest.raises(ValueError):
         read_interfaces(["bad name"])
 
@@ -171,13 +182,13 @@ def pair() -> Iterator[Pair]:
 
 
 def _addrs(p: Pair) -> dict[str, AddressObs]:
-    return {a.address: a for a in read_interfaces([p.a], netns=p.ns_a)[p.a].addresses}
+    return {a.address.text: a for a in read_interfaces([p.a], netns=p.ns_a)[p.a].addresses}
 
 
 def test_observe_round_trip(pair: Pair) -> None:
     ip("-n", pair.ns_a, "addr", "add", "10.50.0.1/24", "dev", pair.a)
     ip("-n", pair.ns_a, "addr", "add", "2001:DB8:0:0::1/64", "dev", pair.a, "nodad")
-    assert add_addresses(pair.a, ["10.50.0.2/24", "198.51.100.9/32"], netns=pair.ns_a).ok
+    assert add_addresses(pair.a, addrs(["10.50.0.2/24", "198.51.100.9/32"]), netns=pair.ns_a).ok
     obs = read_interfaces([pair.a, "rvmissing0"], netns=pair.ns_a)
     assert obs["rvmissing0"] == InterfaceObs(exists=False, up=False)
     me = obs[pair.a]
@@ -196,11 +207,11 @@ def test_observe_round_trip(pair: Pair) -> None:
 
 def test_add_1000_in_one_call_all_owned(pair: Pair) -> None:
     items = [f"10.60.{i // 250}.{i % 250 + 1}/32" for i in range(1000)]
-    res = add_addresses(pair.a, items, netns=pair.ns_a)
+    res = add_addresses(pair.a, addrs(items), netns=pair.ns_a)
     assert res.ok and len(res.changed) == 1000
     seen = _addrs(pair)
     assert all(seen[x].owned and not seen[x].secondary for x in items)
-    again = add_addresses(pair.a, items[:10], netns=pair.ns_a)  # idempotent: EEXIST is not a failure
+    again = add_addresses(pair.a, addrs(items[:10]), netns=pair.ns_a)  # idempotent: EEXIST is not a failure
     assert again.ok and len(again.unchanged) == 10 and not again.changed
 
 
@@ -234,24 +245,24 @@ def test_adopt_tags_in_place_without_duplicate_or_gap(pair: Pair) -> None:
     assert not any(_addrs(pair)[x].owned for x in items)
     watch = _watch_addr_events(pair.ns_a)
     try:
-        res = adopt_addresses(pair.a, items, netns=pair.ns_a)
+        res = adopt_addresses(pair.a, addrs(items), netns=pair.ns_a)
         events = _drain_events(watch)
     finally:
         watch.close()
     assert res.ok and sorted(res.changed) == sorted(items)
     assert [e for e in events if e[0] == RTM_DELADDR] == []  # never absent, not even briefly
     after = [a for a in read_interfaces([pair.a], netns=pair.ns_a)[pair.a].addresses]
-    assert sorted(a.address for a in after) == sorted(items)  # no duplicate entries
+    assert sorted(a.address.text for a in after) == sorted(items)  # no duplicate entries
     assert all(a.owned for a in after)
-    assert adopt_addresses(pair.a, items, netns=pair.ns_a).unchanged == items
+    assert adopt_addresses(pair.a, addrs(items), netns=pair.ns_a).unchanged == items
 
 
 def test_remove_never_touches_untagged(pair: Pair) -> None:
     ip("-n", pair.ns_a, "addr", "add", "10.80.0.5/32", "dev", pair.a)
     ip("-n", pair.ns_a, "addr", "add", "2001:db8:80::5/128", "dev", pair.a, "nodad")
-    assert add_addresses(pair.a, ["10.80.0.6/32"], netns=pair.ns_a).ok
+    assert add_addresses(pair.a, addrs(["10.80.0.6/32"]), netns=pair.ns_a).ok
     items = ["10.80.0.5/32", "2001:db8:80::5/128", "10.80.0.6/32", "10.80.0.7/32"]
-    res = remove_addresses(pair.a, items, netns=pair.ns_a)
+    res = remove_addresses(pair.a, addrs(items), netns=pair.ns_a)
     assert res.changed == ["10.80.0.6/32"]
     assert res.unchanged == ["10.80.0.7/32"]  # already absent: not an error
     assert sorted(a for a, _why in res.skipped) == ["10.80.0.5/32", "2001:db8:80::5/128"]
@@ -264,23 +275,23 @@ SUBNET = ["10.90.0.1/24", "10.90.0.2/24", "10.90.0.3/24"]
 
 def test_kernel_cascade_exists_without_promote(pair: Pair) -> None:
     """The trap itself: deleting a subnet's primary silently deletes its secondaries."""
-    assert add_addresses(pair.a, SUBNET, netns=pair.ns_a).ok
+    assert add_addresses(pair.a, addrs(SUBNET), netns=pair.ns_a).ok
     assert [_addrs(pair)[x].secondary for x in SUBNET] == [False, True, True]
     ip("-n", pair.ns_a, "addr", "del", SUBNET[0], "dev", pair.a)
     assert not set(SUBNET) & set(_addrs(pair))
 
 
 def test_remove_refuses_primary_that_would_cascade(pair: Pair) -> None:
-    assert add_addresses(pair.a, SUBNET, netns=pair.ns_a).ok
-    res = remove_addresses(pair.a, SUBNET[:1], netns=pair.ns_a)
+    assert add_addresses(pair.a, addrs(SUBNET), netns=pair.ns_a).ok
+    res = remove_addresses(pair.a, addrs(SUBNET[:1]), netns=pair.ns_a)
     assert not res.changed and res.skipped[0][0] == SUBNET[0] and "promote_secondaries" in res.skipped[0][1]
     assert set(SUBNET) <= set(_addrs(pair))
 
 
 def test_promote_then_remove_primary_keeps_survivors(pair: Pair) -> None:
-    assert add_addresses(pair.a, SUBNET, netns=pair.ns_a).ok
+    assert add_addresses(pair.a, addrs(SUBNET), netns=pair.ns_a).ok
     assert set_promote_secondaries(pair.a, netns=pair.ns_a).ok
-    res = remove_addresses(pair.a, SUBNET[:1], netns=pair.ns_a)
+    res = remove_addresses(pair.a, addrs(SUBNET[:1]), netns=pair.ns_a)
     assert res.ok and res.changed == SUBNET[:1]
     left = _addrs(pair)
     assert SUBNET[0] not in left and {SUBNET[1], SUBNET[2]} <= set(left)
@@ -289,8 +300,8 @@ def test_promote_then_remove_primary_keeps_survivors(pair: Pair) -> None:
 
 def test_remove_whole_subnet_group_in_one_call(pair: Pair) -> None:
     items = [f"10.91.0.{i}/24" for i in range(1, 101)]  # ascending: the primary comes first
-    assert add_addresses(pair.a, items, netns=pair.ns_a).ok
-    res = remove_addresses(pair.a, items, netns=pair.ns_a)
+    assert add_addresses(pair.a, addrs(items), netns=pair.ns_a).ok
+    res = remove_addresses(pair.a, addrs(items), netns=pair.ns_a)
     assert res.ok, res.failed[:3]
     assert len(res.changed) == 100 and not res.unchanged  # no EADDRNOTAVAIL from a cascade
     assert not set(items) & set(_addrs(pair))
@@ -313,20 +324,20 @@ def test_ipv6_add_is_usable_at_once(pair: Pair) -> None:
     # Control: without NODAD the kernel holds a new address tentative (unusable) during DAD.
     ip("-n", pair.ns_a, "addr", "add", "2001:db8:99::11/64", "dev", pair.a)
     assert _bind_udp(pair.ns_a, "2001:db8:99::11") == errno.EADDRNOTAVAIL
-    assert add_addresses(pair.a, ["2001:db8:99::10/64"], netns=pair.ns_a).ok
+    assert add_addresses(pair.a, addrs(["2001:db8:99::10/64"]), netns=pair.ns_a).ok
     assert _bind_udp(pair.ns_a, "2001:db8:99::10") == 0
 
     def flags() -> int:
         with Netlink() as nl:
             dump = parse_addr_dump(nl.dump(RTM_GETADDR, ifaddrmsg()))
-        return next(a.flags for a in dump if a.address == "2001:db8:99::10/64")
+        return next(a.flags for a in dump if a.address == parse("2001:db8:99::10/64"))
 
     assert not run_in_netns(pair.ns_a, flags) & IFA_F_TENTATIVE
 
 
 def test_missing_interface_and_netns_are_results_not_crashes(pair: Pair) -> None:
-    res = add_addresses("rvnosuch0", ["10.0.0.1/32"], netns=pair.ns_a)
+    res = add_addresses("rvnosuch0", addrs(["10.0.0.1/32"]), netns=pair.ns_a)
     assert not res.ok and "no interface" in (res.error or "")
-    assert remove_addresses("rvnosuch0", ["10.0.0.1/32"], netns=pair.ns_a).error
+    assert remove_addresses("rvnosuch0", addrs(["10.0.0.1/32"]), netns=pair.ns_a).error
     assert set_promote_secondaries("rvnosuch0", netns=pair.ns_a).error
-    assert add_addresses(pair.a, ["10.0.0.1/32"], netns=f"{pair.ns_a}-gone").error
+    assert add_addresses(pair.a, addrs(["10.0.0.1/32"]), netns=f"{pair.ns_a}-gone").error

@@ -15,6 +15,7 @@ from contextlib import ExitStack
 
 import pytest
 
+from reconciler.address import Address, parse
 from reconciler.execute.net import add_addresses, remove_addresses
 from reconciler.netlink import RTM_NEWADDR, iter_messages, pack_msg, run_in_netns
 from reconciler.sockdiag import (
@@ -22,7 +23,8 @@ from reconciler.sockdiag import (
     TCP_ESTABLISHED,
     TCP_LISTEN,
     TcpConn,
-    _canonical,
+    _conn_host,
+    _host,
     connections_on,
     diag_request,
     parse_diag_dump,
@@ -34,13 +36,17 @@ from tests.netns_pair import Pair, ip, veth_pair
 VIP, FIXED, CLIENT = "10.71.0.100", "10.71.0.2", "10.71.0.9"
 
 
+def addrs(texts: list[str]) -> list[Address]:
+    return [parse(t) for t in texts]
+
+
 @pytest.fixture
 def pair() -> Iterator[Pair]:
     need_netns()
     with veth_pair() as p:
         ip("-n", p.ns_a, "addr", "add", f"{FIXED}/24", "dev", p.a)  # the node's own address
         ip("-n", p.ns_b, "addr", "add", f"{CLIENT}/24", "dev", p.b)
-        assert add_addresses(p.a, [f"{VIP}/24"], netns=p.ns_a).ok
+        assert add_addresses(p.a, addrs([f"{VIP}/24"]), netns=p.ns_a).ok
         yield p
 
 
@@ -86,11 +92,11 @@ def test_removal_resets_the_connections_on_that_address_only(pair: Pair) -> None
         rig.connect(FIXED)
         rig.clients[VIP].sendall(b"INSERT ...")  # a request in flight: the server has not answered
         assert rig.served[VIP].recv(100) == b"INSERT ..."
-        found = run_in_netns(pair.ns_a, connections_on, [f"{VIP}/24"])
+        found = run_in_netns(pair.ns_a, connections_on, addrs([f"{VIP}/24"]))
         assert [(c.local, c.local_port, c.state) for c in found] == [(VIP, rig.port, TCP_ESTABLISHED)]
 
         t0 = time.monotonic()
-        res = remove_addresses(pair.a, [f"{VIP}/24"], netns=pair.ns_a)
+        res = remove_addresses(pair.a, addrs([f"{VIP}/24"]), netns=pair.ns_a)
         assert res.ok and res.changed == [f"{VIP}/24"] and res.reset == 1 and not res.warnings
         assert "1 TCP connection(s) on them reset" in res.summary()
         assert _wait_for_reply(rig.clients[VIP], 5.0) == "reset"
@@ -119,9 +125,9 @@ def test_without_the_reset_the_client_waits_on_a_dead_connection(pair: Pair) -> 
 
 
 def test_nothing_to_reset_and_absent_addresses(pair: Pair) -> None:
-    res = remove_addresses(pair.a, [f"{VIP}/24", "10.71.0.101/24"], netns=pair.ns_a)
+    res = remove_addresses(pair.a, addrs([f"{VIP}/24", "10.71.0.101/24"]), netns=pair.ns_a)
     assert res.ok and res.reset == 0 and res.unchanged == ["10.71.0.101/24"]
-    assert run_in_netns(pair.ns_a, connections_on, []) == []
+    assert run_in_netns(pair.ns_a, connections_on, addrs([])) == []
 
 
 # --- codec (pure) -----------------------------------------------------------------------------
@@ -139,8 +145,10 @@ def test_request_layout_and_state_mask() -> None:
     assert one[12:28] == socket.inet_pton(socket.AF_INET6, "2001:db8::1")
     assert one[-12:] == struct.pack("=I", 3) + b"12345678"
     # an IPv4 client of a dual-stack listener shows as IPv4-mapped: it matches the IPv4 address
-    assert _canonical("::ffff:10.0.0.5") == _canonical("10.0.0.5/24") == (socket.AF_INET, "10.0.0.5")
-    assert _canonical("2001:DB8::1/64") == (socket.AF_INET6, "2001:db8::1")
+    mapped = TcpConn(socket.AF_INET6, TCP_ESTABLISHED, "::ffff:10.0.0.5", 25, "::ffff:10.0.0.9", 1234, 3, b"12345678")
+    assert _conn_host(mapped) == _host(*parse("10.0.0.5/24").host) == (4, 0x0A000005)
+    assert _host(*parse("::ffff:10.0.0.5/128").host) == (4, 0x0A000005)
+    assert _conn_host(conn) == _host(*parse("2001:DB8::1/64").host) == (6, 0x20010DB8 << 96 | 1)
 
 
 def test_parse_dump_skips_other_messages_and_reads_both_families() -> None:

@@ -195,7 +195,7 @@ def assert_matches_spec(c: SimCluster) -> None:
     for name, node in c.world.nodes.items():
         held = {a.address for i in node.ifaces.values() for a in i.addresses if a.owned}
         if name == primary:
-            assert held == set(spec.all_addresses), (name, held)
+            assert held == {a.text for a in spec.all_addresses}, (name, held)
             if spec.spec.postgres is not None:
                 assert node.pg.running and not node.pg.standby, f"{name} PostgreSQL is not the writable primary"
             assert all(d.role == "Primary" for d in node.drbd.values() if d.configured)

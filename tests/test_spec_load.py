@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler.address import Address, parse
 from reconciler.spec import LoadedSpec
 from reconciler.spec.addresses import Block, expand, find_overlap, ips_file_entries, parse_entry
 from reconciler.spec.load import SpecError, load_spec
@@ -33,6 +34,14 @@ primary: mx1
 """
 
 
+def _texts(addrs: tuple[Address, ...]) -> tuple[str, ...]:
+    return tuple(a.text for a in addrs)
+
+
+def _by_iface(addresses: dict[str, tuple[Address, ...]]) -> dict[str, tuple[str, ...]]:
+    return {name: _texts(addrs) for name, addrs in addresses.items()}
+
+
 def _write(tmp_path: Path, text: str, name: str = "cluster.yaml") -> str:
     path = tmp_path / name
     path.write_text(text)
@@ -48,8 +57,8 @@ def test_example_validates() -> None:
     assert spec.postgres is not None and spec.postgres.data_dir == "/var/lib/postgresql/15/main"
     assert [s.name for s in spec.services] == ["greenarrow"]
     assert set(loaded.addresses) == {"eth0", "eth1"}
-    assert loaded.addresses["eth1"] == ("198.51.100.7/25",)
-    eth0 = loaded.addresses["eth0"]
+    assert _texts(loaded.addresses["eth1"]) == ("198.51.100.7/25",)
+    eth0 = _texts(loaded.addresses["eth0"])
     assert len(eth0) == 1 + 40 + 1
     assert eth0[0] == "192.0.2.10/24" and eth0[1] == "192.0.2.20/24" and eth0[-2] == "192.0.2.59/24"
     assert eth0[-1] == "2001:db8:25::10/64"
@@ -80,14 +89,15 @@ def test_ranges_expand_and_sort(tmp_path: Path) -> None:
         "    - 1.2.3.100-1.2.3.101/24\n"
     )
     loaded = load_spec(_write(tmp_path, text))
-    assert loaded.addresses == {
+    assert _by_iface(loaded.addresses) == {
         "eth0": (
             "1.2.3.2/24", "1.2.3.3/24", "1.2.3.4/24", "1.2.3.10/24", "1.2.3.100/24", "1.2.3.101/24",
             "2001:db8::a/64", "2001:db8::b/64", "2001:db8::c/64",
         ),
         "eth1": ("1.2.3.9/24",),
     }
-    assert "1.2.3.9/24" in loaded.all_addresses and len(loaded.all_addresses) == 10
+    assert parse("1.2.3.9/24") in loaded.all_addresses and len(loaded.all_addresses) == 10
+    assert all(a == parse(a.text) for addrs in loaded.addresses.values() for a in addrs)
 
 
 def test_canonical_forms(tmp_path: Path) -> None:
@@ -98,7 +108,7 @@ def test_canonical_forms(tmp_path: Path) -> None:
         "    - 10.0.0.0/31\n"
         "    - 10.9.9.9/32\n"
     )
-    eth0 = load_spec(_write(tmp_path, text)).addresses["eth0"]
+    eth0 = _texts(load_spec(_write(tmp_path, text)).addresses["eth0"])
     assert eth0 == ("10.0.0.0/31", "10.9.9.9/32", "192.0.2.5/24", "2001:db8::10/64")
     assert all(ipaddress.ip_interface(a).with_prefixlen == a for a in eth0)
 
@@ -113,7 +123,7 @@ def test_big_range_is_fast(tmp_path: Path) -> None:
     start = time.monotonic()
     loaded = load_spec(path)
     assert time.monotonic() - start < 1.0
-    eth0 = loaded.addresses["eth0"]
+    eth0 = _texts(loaded.addresses["eth0"])
     assert len(eth0) == 65534 + 65536
     assert eth0[0] == "10.8.0.1/16" and eth0[65533] == "10.8.255.254/16"
     assert eth0[65534] == "2001:db8:1::/64" and eth0[-1] == "2001:db8:1::ffff/64"
@@ -135,7 +145,7 @@ def test_ips_file_read_with_comments(tmp_path: Path) -> None:
     text = HEAD + f"floating_ips:\n  interface: eth0\n  addresses: [10.5.0.2/24]\n  ips_file: {ips}\n"
     path = _write(tmp_path, text)
     loaded = load_spec(path)
-    assert loaded.addresses == {
+    assert _by_iface(loaded.addresses) == {
         "eth0": ("10.5.0.1/24", "10.5.0.2/24", "10.5.0.3/24", "10.5.0.10/24", "10.5.0.11/24", "10.5.0.12/24",
                  "2001:db8:5::1/64"),
     }
@@ -212,7 +222,8 @@ _V4 = st.integers(min_value=0, max_value=2**32 - 1)
 def test_expand_matches_ipaddress_v4(start: int, length: int, prefix: int) -> None:
     end = min(start + length, 2**32 - 1)
     got = expand(Block(4, start, end, prefix))
-    assert got == [ipaddress.IPv4Interface((i, prefix)).with_prefixlen for i in range(start, end + 1)]
+    assert [a.text for a in got] == [ipaddress.IPv4Interface((i, prefix)).with_prefixlen for i in range(start, end + 1)]
+    assert [a[:3] for a in got] == [(4, i, prefix) for i in range(start, end + 1)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -225,9 +236,10 @@ def test_expand_matches_ipaddress_v6(start: int, length: int) -> None:
     end = min(start + length, 2**128 - 1)
     got = expand(Block(6, start, end, 64))
     assert len(got) == end - start + 1
+    assert [a.value for a in got] == list(range(start, end + 1)) and {a[0::2] for a in got} <= {(6, 64)}
     for i in {start, end, (start + end) // 2, start | 0xFFFF, (start | 0xFFFF) + 1}:
         if start <= i <= end:
-            assert got[i - start] == ipaddress.IPv6Interface((i, 64)).with_prefixlen
+            assert got[i - start].text == ipaddress.IPv6Interface((i, 64)).with_prefixlen
 
 
 _BLOCKS = st.lists(

@@ -252,7 +252,8 @@ class Agent:
         try:
             obs = observe_node(self.spec, self.node)
             for name, iface in obs.interfaces.items():
-                held = tuple(a.address for a in iface.addresses if a.owned and a.address in self.spec.addresses.get(name, ()))
+                want = self.spec.address_sets.get(name, frozenset())
+                held = tuple(a.address for a in iface.addresses if a.owned and a.address in want)
                 if held:
                     announce_held(self.spec, name, held)
         except Exception as e:  # announcing is best effort; the loop goes on

@@ -57,7 +57,7 @@ def observed_fingerprint(own: NodeObservation, peer: NodeObservation | None) -> 
 
 def action_key(a: Action | dict) -> list:
     if isinstance(a, Action):
-        return [a.kind.value, a.target, list(a.items), sorted([k, v] for k, v in a.payload_text.items())]
+        return [a.kind.value, a.target, [x.text for x in a.items], sorted([k, v] for k, v in a.payload_text.items())]
     return [a["kind"], a["target"], list(a["items"]), sorted([k, v] for k, v in a["params"].items())]
 
 

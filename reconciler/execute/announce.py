@@ -8,7 +8,6 @@ work in a background thread so the reconcile loop is not blocked.
 
 from __future__ import annotations
 
-import ipaddress
 import queue
 import socket
 import struct
@@ -17,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from reconciler.address import Address
 from reconciler.netlink import RTM_GETLINK, Netlink, check_ifname, ifinfomsg, parse_link_dump, run_in_netns
 from reconciler.spec.models import Announce
 
@@ -28,7 +28,7 @@ ALL_NODES = "ff02::1"
 _MAX_ERRORS = 20
 
 
-def garp_frame(mac: bytes, ip: ipaddress.IPv4Address) -> bytes:
+def garp_frame(mac: bytes, ip: Address) -> bytes:
     """Broadcast ARP request with sender IP = target IP = `ip`, padded to 60 bytes (pure).
 
     The target hardware address is zero, as the kernel's own arp_notify and RFC 5227 send it.
@@ -38,7 +38,7 @@ def garp_frame(mac: bytes, ip: ipaddress.IPv4Address) -> bytes:
     return (eth + arp).ljust(60, b"\0")
 
 
-def na_packet(mac: bytes, ip: ipaddress.IPv6Address, router: bool = False) -> bytes:
+def na_packet(mac: bytes, ip: Address, router: bool = False) -> bytes:
     """ICMPv6 unsolicited NA body: Override set, Solicited clear, target link-layer option (pure).
 
     The checksum is left 0: the kernel fills it in on raw ICMPv6 sockets.
@@ -99,7 +99,7 @@ def _is_router(iface: str) -> bool:
         return False
 
 
-def _open(iface: str, v4: list[ipaddress.IPv4Address], v6: list[ipaddress.IPv6Address]) -> _Link:
+def _open(iface: str, v4: list[Address], v6: list[Address]) -> _Link:
     """Look up the link and open the sockets; runs inside the target namespace."""
     with Netlink() as nl:
         links = {x.name: x for x in parse_link_dump(nl.dump(RTM_GETLINK, ifinfomsg()))}
@@ -124,16 +124,13 @@ def _open(iface: str, v4: list[ipaddress.IPv4Address], v6: list[ipaddress.IPv6Ad
     return link
 
 
-def _split(items: Iterable[str]) -> tuple[list[ipaddress.IPv4Address], list[ipaddress.IPv6Address]]:
-    v4: dict[ipaddress.IPv4Address, None] = {}
-    v6: dict[ipaddress.IPv6Address, None] = {}
-    for item in items:
-        ip = ipaddress.ip_interface(item).ip
-        if isinstance(ip, ipaddress.IPv4Address):
-            v4[ip] = None
-        else:
-            v6[ip] = None
-    return list(v4), list(v6)
+def _split(items: Iterable[Address]) -> tuple[list[Address], list[Address]]:
+    """IPv4 and IPv6 addresses, each IP once whatever its prefix lengths."""
+    v4: dict[int, Address] = {}
+    v6: dict[int, Address] = {}
+    for a in items:
+        (v4 if a.version == 4 else v6).setdefault(a.value, a)
+    return list(v4.values()), list(v6.values())
 
 
 def _rounds(
@@ -161,7 +158,7 @@ def _rounds(
 
 def announce(
     iface: str,
-    items: Iterable[str],
+    items: Iterable[Address],
     settings: Announce,
     netns: str | None = None,
     limiter: RateLimiter | None = None,
@@ -189,7 +186,7 @@ def announce(
 @dataclass
 class AnnounceJob:
     iface: str
-    items: tuple[str, ...]
+    items: tuple[Address, ...]
     settings: Announce
     netns: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -206,10 +203,9 @@ class Announcer:
         self._thread = threading.Thread(target=self._run, name="announcer", daemon=True)
         self._thread.start()
 
-    def submit(self, iface: str, items: Iterable[str], settings: Announce, netns: str | None = None) -> AnnounceJob:
+    def submit(self, iface: str, items: Iterable[Address], settings: Announce, netns: str | None = None) -> AnnounceJob:
         """Queue an announcement and return at once; `job.done` is set when it finished."""
         job = AnnounceJob(check_ifname(iface), tuple(items), settings, netns)
-        _split(job.items)  # validate now, in the caller
         if self._stop.is_set():
             raise RuntimeError("announcer stopped")
         self._queue.put(job)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import assert_never
 
+from reconciler.address import Address
 from reconciler.plan.actions import Action, Kind
 from reconciler.plan.kinds import DrbdMount, ReplicationSource
 from reconciler.spec import LoadedSpec
@@ -62,7 +63,7 @@ _announcer = None
 _jobs: list = []
 
 
-def _announce(spec: LoadedSpec, iface: str, items: tuple[str, ...]) -> None:
+def _announce(spec: LoadedSpec, iface: str, items: tuple[Address, ...]) -> None:
     """Queue gratuitous ARP / unsolicited NA for addresses just added or adopted, paced
     in the background so the loop goes on to start the services."""
     global _announcer

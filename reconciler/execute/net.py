@@ -11,12 +11,11 @@ clients reconnect (to the new Primary) instead of waiting on a dead connection.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable
 
 from reconciler.netlink import (
     IFA_ADDRESS,
@@ -40,14 +39,12 @@ from reconciler.netlink import (
     pack_attr,
     run_in_netns,
 )
-from reconciler.addrtext import fast_v4, interface
+from reconciler.address import Address
 from reconciler.observe.net import dump_links_and_addrs, parse_memo, read_promote_secondaries
 from reconciler.sockdiag import reset_connections
 
 # The ownership tag (IFA_PROTO, u8): 0x9d = 157.  See reconciler.netlink.IFA_PROTO_RECONCILER.
 TAG = IFA_PROTO_RECONCILER
-
-IPIface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 # Flags an adopted IPv6 address keeps: RTM_NEWADDR+REPLACE rewrites these from the request.
 _KEEP_V6_FLAGS = 0x10 | 0x100 | 0x200  # HOMEADDRESS, MANAGETEMPADDR, NOPREFIXROUTE
 
@@ -82,34 +79,21 @@ class NetResult:
         return text + "".join(f"; {w}" for w in self.warnings)
 
 
-def parse_items(items: Iterable[str]) -> list[IPIface]:
-    """Validate and de-duplicate 'ADDR/PLEN' strings (the prefix length is required)."""
-    out: dict[str, IPIface] = {}
-    for item in items:
-        if not isinstance(item, str) or "/" not in item:
-            raise ValueError(f"not an address with a prefix length: {item!r}")
-        text = item.strip()
-        fast = fast_v4(text)
-        if fast is not None:  # canonical IPv4 (what the planner hands over): checked without ipaddress
-            n, _plen = fast
-            if n >> 28 == 0xE or n == 0:
-                raise ValueError(f"not a unicast address: {item!r}")
-            if text not in out:
-                out[text] = ipaddress.IPv4Interface(fast)
-            continue
-        try:
-            ip = interface(text)
-        except ValueError:
-            raise ValueError(f"not an address with a prefix length: {item!r}") from None
-        if ip.ip.is_multicast or ip.ip.is_unspecified:
-            raise ValueError(f"not a unicast address: {item!r}")
-        out.setdefault(ip.with_prefixlen, ip)
-    return list(out.values())
+def check_items(items: Iterable[Address]) -> list[Address]:
+    """De-duplicate `items`, refusing anything but unicast addresses."""
+    out: dict[Address, None] = {}
+    for a in items:
+        if not isinstance(a, Address):
+            raise TypeError(f"expected an Address (see reconciler.address.parse), got {a!r}")
+        if not a.unicast:
+            raise ValueError(f"not a unicast address: {a.text!r}")
+        out[a] = None
+    return list(out)
 
 
 def addr_body(
     ifindex: int,
-    ip: IPIface,
+    ip: Address,
     *,
     flags: int = 0,
     tag: int | None = None,
@@ -122,12 +106,12 @@ def addr_body(
     """
     v4 = ip.version == 4
     family = socket.AF_INET if v4 else socket.AF_INET6
-    raw = ip.ip.packed
-    body = ifaddrmsg(family, ip.network.prefixlen, ifindex) + pack_attr(IFA_ADDRESS, raw)
+    raw = ip.packed
+    body = ifaddrmsg(family, ip.prefix, ifindex) + pack_attr(IFA_ADDRESS, raw)
     if v4:
         body += pack_attr(IFA_LOCAL, raw)
-        if broadcast and ip.network.prefixlen <= 30:  # like `brd +`
-            body += pack_attr(IFA_BROADCAST, ip.network.broadcast_address.packed)
+        if broadcast and ip.prefix <= 30:  # like `brd +`
+            body += pack_attr(IFA_BROADCAST, ip.broadcast.to_bytes(4, "big"))
     if flags:
         body += pack_attr(IFA_FLAGS, struct.pack("=I", flags))
     if rt_priority:
@@ -137,18 +121,18 @@ def addr_body(
     return body
 
 
-def _new_body(ifindex: int, ip: IPIface, flags: int, rt_priority: int | None = None) -> bytes:
+def _new_body(ifindex: int, ip: Address, flags: int, rt_priority: int | None = None) -> bytes:
     return addr_body(ifindex, ip, flags=flags, tag=TAG, rt_priority=rt_priority, broadcast=True)
 
 
-def _record(result: NetResult, ips: list[IPIface], replies: list[tuple[int, str]], benign: int) -> None:
+def _record(result: NetResult, ips: list[Address], replies: list[tuple[int, str]], benign: int) -> None:
     for ip, (code, text) in zip(ips, replies):
         if code == 0:
-            result.changed.append(ip.with_prefixlen)
+            result.changed.append(ip.text)
         elif code == benign:
-            result.unchanged.append(ip.with_prefixlen)
+            result.unchanged.append(ip.text)
         else:
-            result.failed.append((ip.with_prefixlen, code, f"{os.strerror(code)} {text}".strip()))
+            result.failed.append((ip.text, code, f"{os.strerror(code)} {text}".strip()))
 
 
 def _ifindex(iface: str) -> int | None:
@@ -158,7 +142,7 @@ def _ifindex(iface: str) -> int | None:
         return None
 
 
-def _add_here(iface: str, ips: list[IPIface]) -> NetResult:
+def _add_here(iface: str, ips: list[Address]) -> NetResult:
     result = NetResult("add_addresses", iface)
     index = _ifindex(iface)
     if index is None:
@@ -173,13 +157,13 @@ def _add_here(iface: str, ips: list[IPIface]) -> NetResult:
     return result
 
 
-def _present(nl: Netlink, iface: str) -> tuple[int | None, dict[str, AddrInfo]]:
+def _present(nl: Netlink, iface: str) -> tuple[int | None, dict[Address, AddrInfo]]:
     links, addrs = dump_links_and_addrs(nl, [iface], parse_memo())
     index = next((link.index for link in links if link.name == iface), None)
     return index, {a.address: a for a in addrs if a.index == index}
 
 
-def _adopt_here(iface: str, ips: list[IPIface]) -> NetResult:
+def _adopt_here(iface: str, ips: list[Address]) -> NetResult:
     result = NetResult("adopt_addresses", iface)
     with Netlink() as nl:
         index, present = _present(nl, iface)
@@ -188,9 +172,9 @@ def _adopt_here(iface: str, ips: list[IPIface]) -> NetResult:
             return result
         todo, reqs = [], []
         for ip in ips:
-            cur = present.get(ip.with_prefixlen)
+            cur = present.get(ip)
             if cur is not None and cur.proto == TAG:
-                result.unchanged.append(ip.with_prefixlen)
+                result.unchanged.append(ip.text)
                 continue
             flags = IFA_F_NODAD if ip.version == 6 else 0
             if cur is not None and ip.version == 6:
@@ -202,28 +186,27 @@ def _adopt_here(iface: str, ips: list[IPIface]) -> NetResult:
     return result
 
 
-def _secondaries_by_subnet(present: dict[str, AddrInfo]) -> dict[tuple[str, int], list[str]]:
-    """IPv4 secondaries grouped by (network, prefix length): what a primary's removal drops."""
-    groups: dict[tuple[str, int], list[str]] = {}
+def _secondaries_by_subnet(present: dict[Address, AddrInfo]) -> dict[tuple[int, int], list[str]]:
+    """IPv4 secondaries (text) grouped by (network, prefix length): what a primary's removal drops."""
+    groups: dict[tuple[int, int], list[str]] = {}
     for a in present.values():
         if a.family == socket.AF_INET and a.flags & IFA_F_SECONDARY:
-            key = (str(interface(a.address).network), a.prefixlen)
-            groups.setdefault(key, []).append(a.address)
+            groups.setdefault((a.address.network, a.prefixlen), []).append(a.address.text)
     return groups
 
 
 def _classify_removals(
-    ips: list[IPIface], present: dict[str, AddrInfo], result: NetResult
-) -> tuple[list[IPIface], list[IPIface]]:
+    ips: list[Address], present: dict[Address, AddrInfo], result: NetResult
+) -> tuple[list[Address], list[Address]]:
     """Split owned, present addresses into (IPv4 secondaries, the rest); refuse the others."""
     secondaries, rest = [], []
     for ip in ips:
-        cur = present.get(ip.with_prefixlen)
+        cur = present.get(ip)
         if cur is None:
-            result.unchanged.append(ip.with_prefixlen)
+            result.unchanged.append(ip.text)
         elif cur.proto != TAG:
             tag = "unset" if cur.proto is None else str(cur.proto)
-            result.skipped.append((ip.with_prefixlen, f"not owned by reconciler (IFA_PROTO {tag}): left alone"))
+            result.skipped.append((ip.text, f"not owned by reconciler (IFA_PROTO {tag}): left alone"))
         elif ip.version == 4 and cur.flags & IFA_F_SECONDARY:
             secondaries.append(ip)
         else:
@@ -231,18 +214,18 @@ def _classify_removals(
     return secondaries, rest
 
 
-def _delete(nl: Netlink, index: int, ips: list[IPIface], result: NetResult) -> None:
+def _delete(nl: Netlink, index: int, ips: list[Address], result: NetResult) -> None:
     if not ips:
         return
     # While the address is still here, so the resets reach the clients (reconciler.sockdiag).
-    n, problems = reset_connections(str(ip.ip) for ip in ips)
+    n, problems = reset_connections(ips)
     result.reset += n
     result.warnings += [p for p in problems if p not in result.warnings]
     reqs = [(RTM_DELADDR, 0, addr_body(index, ip)) for ip in ips]
     _record(result, ips, nl.transact(reqs), errno.EADDRNOTAVAIL)
 
 
-def _remove_here(iface: str, ips: list[IPIface]) -> NetResult:
+def _remove_here(iface: str, ips: list[Address]) -> NetResult:
     result = NetResult("remove_addresses", iface)
     with Netlink() as nl:
         index, present = _present(nl, iface)
@@ -258,14 +241,14 @@ def _remove_here(iface: str, ips: list[IPIface]) -> NetResult:
         todo = []
         for ip in rest:
             # The kernel drops a primary's secondaries with it unless promote_secondaries is on.
-            group = groups.get((str(ip.network), ip.network.prefixlen), []) if ip.version == 4 else []
+            group = groups.get((ip.network, ip.prefix), []) if ip.version == 4 else []
             victims = [x for x in group if x not in gone]
             if victims:
                 why = (
                     f"removing this primary would make the kernel delete {len(victims)} other "
                     f"address(es) of its subnet, e.g. {victims[0]}; set promote_secondaries first"
                 )
-                result.skipped.append((ip.with_prefixlen, why))
+                result.skipped.append((ip.text, why))
             else:
                 todo.append(ip)
         _delete(nl, index, todo, result)
@@ -298,19 +281,19 @@ def _run(op: str, fn: Callable[..., NetResult], iface: str, netns: str | None, *
         return NetResult(op, iface, error=f"{exc.strerror or exc}" + (f" (netns {netns})" if netns else ""))
 
 
-def add_addresses(iface: str, items: Iterable[str], netns: str | None = None) -> NetResult:
+def add_addresses(iface: str, items: Iterable[Address], netns: str | None = None) -> NetResult:
     """Add `items` tagged as ours (IPv6 with NODAD: usable at once); EEXIST counts as unchanged."""
-    return _run("add_addresses", _add_here, check_ifname(iface), netns, parse_items(items))
+    return _run("add_addresses", _add_here, check_ifname(iface), netns, check_items(items))
 
 
-def adopt_addresses(iface: str, items: Iterable[str], netns: str | None = None) -> NetResult:
+def adopt_addresses(iface: str, items: Iterable[Address], netns: str | None = None) -> NetResult:
     """Tag existing untagged `items` as ours in place (NLM_F_REPLACE: the address never goes away)."""
-    return _run("adopt_addresses", _adopt_here, check_ifname(iface), netns, parse_items(items))
+    return _run("adopt_addresses", _adopt_here, check_ifname(iface), netns, check_items(items))
 
 
-def remove_addresses(iface: str, items: Iterable[str], netns: str | None = None) -> NetResult:
+def remove_addresses(iface: str, items: Iterable[Address], netns: str | None = None) -> NetResult:
     """Remove owned `items`, IPv4 secondaries first; untagged ones and cascading primaries are refused."""
-    return _run("remove_addresses", _remove_here, check_ifname(iface), netns, parse_items(items))
+    return _run("remove_addresses", _remove_here, check_ifname(iface), netns, check_items(items))
 
 
 def set_promote_secondaries(iface: str, netns: str | None = None) -> NetResult:

@@ -35,13 +35,16 @@ RT_SCOPE_UNIVERSE = 0
 
 class ObsMemo:
     """What repeated observations of a mostly unchanged address list can reuse: the parsed
-    messages of the last dump (netlink.AddrMemo) and the last `AddressObs` objects (frozen,
-    so shared safely).  Pure memoisation: every observation still dumps the kernel's
-    state; nothing here is believed without it."""
+    messages of the last dump (netlink.AddrMemo) and the `AddressObs` made from each of
+    them (frozen, so shared safely).  Pure memoisation: every observation still dumps the
+    kernel's state; nothing here is believed without it."""
 
     def __init__(self) -> None:
         self.addrs = AddrMemo()
-        self.obs: dict[tuple[str, bool, bool], AddressObs] = {}
+        # id(message) -> (the message, the tag it was read with, its AddressObs).  The memo
+        # above hands back the same AddrInfo object for an unchanged message, so its
+        # identity is a key that costs no hashing; holding the object keeps the id its own.
+        self.obs: dict[int, tuple[AddrInfo, int, AddressObs]] = {}
 
 
 _MEMO = ObsMemo()  # pure memoisation: identical bytes parse alike, whichever namespace they came from
@@ -69,16 +72,18 @@ def parse_interfaces(
     wanted = {by_name[n].index: n for n in names if n in by_name}
     found: dict[str, list[AddressObs]] = {n: [] for n in wanted.values()}
     prev = memo.obs if memo is not None else {}
-    made: dict[tuple[str, bool, bool], AddressObs] = {}
+    made: dict[int, tuple[AddrInfo, int, AddressObs]] = {}
     for a in addrs:
         name = wanted.get(a.index)
         if name is None or a.scope != RT_SCOPE_UNIVERSE:
             continue
-        key = (a.address, a.proto == tag, a.family == socket.AF_INET and bool(a.flags & IFA_F_SECONDARY))
-        obs = prev.get(key)
-        if obs is None:
-            obs = AddressObs(address=key[0], owned=key[1], secondary=key[2])
-        made[key] = obs
+        hit = prev.get(id(a))
+        if hit is not None and hit[0] is a and hit[1] == tag:
+            obs = hit[2]
+        else:
+            secondary = a.family == socket.AF_INET and bool(a.flags & IFA_F_SECONDARY)
+            obs = AddressObs(address=a.address, owned=a.proto == tag, secondary=secondary)
+        made[id(a)] = (a, tag, obs)
         found[name].append(obs)
     if memo is not None:
         memo.obs = made

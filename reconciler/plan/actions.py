@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reconciler.address import Address
 from reconciler.plan.kinds import Kind, Payload
 
 __all__ = ["Action", "Guard", "Kind", "Plan"]
@@ -29,7 +30,7 @@ class Action:
     kind: Kind
     target: str  # interface, mount point, resource, service or "postgres"
     reason: str  # the diff that caused it, one sentence; for humans only
-    items: tuple[str, ...] = ()  # addresses for the address kinds
+    items: tuple[Address, ...] = ()  # addresses for the address kinds
     guards: tuple[Guard, ...] = ()
     loses: str | None = None  # what executing it discards, when it discards anything
     payload: Payload | None = None  # what the executor needs besides the target: see kinds.Row.payload

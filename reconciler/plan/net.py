@@ -12,62 +12,58 @@ Rules enforced here:
 
 from __future__ import annotations
 
-from reconciler.addrtext import interface, sort_key
+from reconciler.address import Address
 from reconciler.model import AddressObs, InterfaceObs, NodeObservation
 from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan import handover
 from reconciler.plan.context import Ctx
 
 
-def _ip(addr: str) -> str:
-    return addr.split("/", 1)[0]
-
-
-def peer_ips(peer: NodeObservation | None) -> dict[str, str]:
-    """IP (without prefix) -> 'addr/prefix on iface' for every address the peer holds."""
-    out: dict[str, str] = {}
+def peer_ips(peer: NodeObservation | None) -> dict[tuple[int, int], str]:
+    """IP (version, value; any prefix) -> 'addr/prefix on iface' for every address the peer holds."""
+    out: dict[tuple[int, int], str] = {}
     if peer is None:
         return out
     for name, iface in peer.interfaces.items():
         for a in iface.addresses:
-            out[_ip(a.address)] = f"{a.address} on {name}"
+            out[a.address.host] = f"{a.address} on {name}"
     return out
 
 
-def _peer_free_guard(ctx: Ctx, items: tuple[str, ...]) -> Guard:
+def _peer_free_guard(ctx: Ctx, items: tuple[Address, ...]) -> Guard:
     if ctx.peer is not None and not set(ctx.spec.addresses) <= set(ctx.peer.interfaces):
         return Guard("peer_holds_none", False, f"peer {ctx.peer_name} did not report its addresses")
     held = peer_ips(ctx.peer)
-    clash = [held[_ip(a)] for a in items if _ip(a) in held]
+    clash = [held[a.host] for a in items if a.host in held]
     if not clash:
         return Guard("peer_holds_none", True, f"peer {ctx.peer_name} holds none of these addresses")
     more = f" (and {len(clash) - 1:,} more)" if len(clash) > 1 else ""
     return Guard("peer_holds_none", False, f"peer {ctx.peer_name} still holds {clash[0]}{more}")
 
 
-def _removal_order(iface: InterfaceObs, remove: set[str]) -> tuple[list[str], bool]:
+def _removal_order(iface: InterfaceObs, remove: set[Address]) -> tuple[list[Address], bool]:
     """Removal list (secondaries first) and whether promote_secondaries is needed."""
     by_addr = {a.address: a for a in iface.addresses}
-    # Subnets of the IPv4 primaries being removed; a /32 is alone in its subnet, so it
-    # never takes another address with it.  Survivors are parsed once, and only those
-    # with a prefix length that can match: testing each removal against every survivor
-    # was O(removed x surviving), minutes for a spec edit dropping 5,000 of 10,000.
+    # Subnets (network, prefix length) of the IPv4 primaries being removed; a /32 is alone
+    # in its subnet, so it never takes another address with it.  Only survivors with a
+    # prefix length that can match are looked at: testing each removal against every
+    # survivor was O(removed x surviving), minutes for a spec edit dropping 5,000 of 10,000.
     removed_nets = {
-        interface(addr).network
-        for addr in remove
-        if ":" not in addr and not by_addr[addr].secondary and not addr.endswith("/32")
+        (a.network, a.prefix)
+        for a in remove
+        if a.version == 4 and not by_addr[a].secondary and a.prefix != 32
     }
-    plens = {f"/{n.prefixlen}" for n in removed_nets}
+    plens = {p for _net, p in removed_nets}
     need_promote = bool(plens) and any(
-        interface(a.address).network in removed_nets
-        for a in iface.addresses
-        if a.address not in remove and ":" not in a.address and a.address[a.address.rfind("/"):] in plens
+        (s.network, s.prefix) in removed_nets
+        for s in (a.address for a in iface.addresses)
+        if s.version == 4 and s.prefix in plens and s not in remove
     )
-    ordered = sorted(remove, key=lambda x: (not by_addr[x].secondary, sort_key(x)))
+    ordered = sorted(remove, key=lambda x: (not by_addr[x].secondary, x))
     return ordered, need_promote
 
 
-def _remove_actions(ctx: Ctx, name: str, iface: InterfaceObs, remove: set[str], why: str) -> list[Action]:
+def _remove_actions(ctx: Ctx, name: str, iface: InterfaceObs, remove: set[Address], why: str) -> list[Action]:
     if not remove:
         return []
     ordered, need_promote = _removal_order(iface, remove)
@@ -88,21 +84,22 @@ def _remove_actions(ctx: Ctx, name: str, iface: InterfaceObs, remove: set[str], 
 
 def plan_addresses(ctx: Ctx) -> tuple[list[Action], list[str]]:
     """Address actions for this node, and notes about addresses it must leave alone."""
-    desired = ctx.spec.addresses if ctx.is_primary else {}
+    desired = ctx.spec.address_sets if ctx.is_primary else {}
     actions: list[Action] = []
     notes: list[str] = []
     floating = ctx.spec.all_addresses
     for name in sorted(set(ctx.spec.addresses) | set(ctx.own.interfaces)):
         if name not in ctx.spec.addresses:
             continue  # only managed interfaces are observed and touched
-        want = set(desired.get(name, ()))
+        want = desired.get(name, frozenset())
         iface = ctx.own.interfaces.get(name, InterfaceObs(exists=False))
         if not iface.exists:
             if want:
                 actions.append(_missing_iface(ctx, name, want))
             continue
         owned = {a.address for a in iface.addresses if a.owned}
-        foreign = {a.address for a in iface.addresses if not a.owned}
+        # all of them ours (the Primary's usual case): no second pass for the others
+        foreign = {a.address for a in iface.addresses if not a.owned} if len(owned) < len(iface.addresses) else set()
         remove = owned - want
         why = (
             f"{ctx.me} is not the Primary: floating addresses go"
@@ -113,12 +110,15 @@ def plan_addresses(ctx: Ctx) -> tuple[list[Action], list[str]]:
         if not ctx.is_primary:
             notes += _foreign_copies(name, foreign & floating)
             continue
-        actions += _add_actions(ctx, name, tuple(sorted(want & foreign, key=sort_key)), Kind.ADOPT_ADDRESSES)
-        actions += _add_actions(ctx, name, tuple(sorted(want - owned - foreign, key=sort_key)), Kind.ADD_ADDRESSES)
+        # owned - remove is owned & want: when it is as large as want, nothing is missing (the
+        # converged case, answered without a second pass over every address)
+        missing = frozenset() if len(owned) - len(remove) == len(want) else want - owned - foreign
+        actions += _add_actions(ctx, name, tuple(sorted(want & foreign)), Kind.ADOPT_ADDRESSES)
+        actions += _add_actions(ctx, name, tuple(sorted(missing)), Kind.ADD_ADDRESSES)
     return actions, notes
 
 
-def _add_actions(ctx: Ctx, name: str, items: tuple[str, ...], kind: Kind) -> list[Action]:
+def _add_actions(ctx: Ctx, name: str, items: tuple[Address, ...], kind: Kind) -> list[Action]:
     if not items:
         return []
     reach = ctx.peer_reachable_guard("it holds none of these addresses")
@@ -135,17 +135,17 @@ def _add_actions(ctx: Ctx, name: str, items: tuple[str, ...], kind: Kind) -> lis
     return [Action(kind, name, why, items=items, guards=tuple(guards))]
 
 
-def _missing_iface(ctx: Ctx, name: str, want: set[str]) -> Action:
-    items = tuple(sorted(want, key=sort_key))
+def _missing_iface(ctx: Ctx, name: str, want: frozenset[Address]) -> Action:
+    items = tuple(sorted(want))
     g = Guard("interface_exists", False, f"interface {name} does not exist on {ctx.me}")
     return Action(Kind.ADD_ADDRESSES, name, f"{ctx.me} is the Primary", items=items, guards=(g,))
 
 
-def _foreign_copies(name: str, clash: set[str]) -> list[str]:
+def _foreign_copies(name: str, clash: set[Address]) -> list[str]:
     return [
         f"{a} on {name} is a floating address but was not added by reconciler; it is left alone: "
         f"remove it by hand (ip address del {a} dev {name}) so the Primary can hold it"
-        for a in sorted(clash, key=sort_key)
+        for a in sorted(clash)
     ]
 
 

@@ -7,28 +7,25 @@ add/remove; every other action is one add (+), change (~) or remove (-).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 
-from reconciler.addrtext import sort_key
+from reconciler.address import Address
 from reconciler.plan.actions import Action, Kind, Plan
 
 FORMAT_VERSION = "1.0"
 _MAX_RUNS = 12
 
 
-def _runs(items: tuple[str, ...]) -> list[tuple[str, str, int, int]]:
-    """Contiguous runs of addresses with the same prefix: (first, last, prefix, count)."""
+def _runs(items: tuple[Address, ...]) -> list[tuple[Address, Address, int]]:
+    """Contiguous runs of addresses with the same version and prefix: (first, last, count)."""
     runs: list[list] = []
     for a in items:
-        version, n, plen = sort_key(a)
-        text = ".".join(map(str, n.to_bytes(4, "big"))) if version == 4 else str(ipaddress.IPv6Address(n))
         last = runs[-1] if runs else None
-        if last and last[2] == plen and last[4] == version and last[5] + 1 == n:
-            last[1], last[5], last[3] = text, n, last[3] + 1
+        if last and last[1].prefix == a.prefix and last[1].version == a.version and last[1].value + 1 == a.value:
+            last[1], last[2] = a, last[2] + 1
         else:
-            runs.append([text, text, plen, 1, version, n])
-    return [(r[0], r[1], r[2], r[3]) for r in runs]
+            runs.append([a, a, 1])
+    return [(r[0], r[1], r[2]) for r in runs]
 
 
 def _address_lines(a: Action, verbose: bool) -> list[str]:
@@ -36,16 +33,16 @@ def _address_lines(a: Action, verbose: bool) -> list[str]:
         return f"{a.symbol} " + a.kind.row.title.format(addresses=addresses, t=a.target)
 
     if verbose:
-        return [line(x) for x in a.items]
+        return [line(x.text) for x in a.items]
     runs = _runs(a.items)
     if len(runs) > _MAX_RUNS:
         return [line(f"{len(a.items):,} addresses in {len(runs):,} runs") + " (--verbose lists them)"]
     out = []
-    for first, last, plen, count in runs:
+    for first, last, count in runs:
         if count == 1:
-            out.append(line(f"{first}/{plen}"))
+            out.append(line(f"{first}"))
         else:
-            out.append(line(f"{count:,} addresses {first} … {last}/{plen}"))
+            out.append(line(f"{count:,} addresses {first.ip} … {last}"))
     return out
 
 
@@ -119,7 +116,7 @@ def _action_json(a: Action) -> dict:
         "symbol": a.symbol,
         "target": a.target,
         "title": title(a),
-        "items": list(a.items),
+        "items": [x.text for x in a.items],
         "params": a.payload_text,
         "reason": a.reason,
         "blocked": a.blocked,

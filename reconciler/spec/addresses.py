@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from reconciler.address import Address, span
+
 MAX_RANGE = 65_536  # addresses in one range entry
 MAX_TOTAL = 200_000  # addresses in one spec, ips_file included
 _BITS = {4: 32, 6: 128}
@@ -156,46 +158,22 @@ def first_over_total(blocks: Iterable[Block], cap: int = MAX_TOTAL) -> int | Non
     return None
 
 
-def expand(b: Block) -> list[str]:
-    """Canonical `addr/prefix` strings (ipaddress's with_prefixlen; IPv6 compressed)."""
-    if b.version == 4:
-        p = b.prefix
-        return [f"{i >> 24}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/{p}" for i in range(b.start, b.end + 1)]
-    return [s for lo in _chunks(b) for s in _expand6(lo, min(b.end, lo | 0xFFFF), b.prefix)]
+def expand(b: Block) -> list[Address]:
+    """The block's addresses in order, canonical text made in bulk (see reconciler.address)."""
+    return span(b.version, b.start, b.end, b.prefix)
 
 
-def _chunks(b: Block) -> Iterable[int]:
-    lo = b.start
-    while lo <= b.end:
-        yield lo
-        lo = (lo | 0xFFFF) + 1
-
-
-def _expand6(lo: int, hi: int, prefix: int) -> list[str]:
-    """IPv6 addresses lo..hi that differ only in the last 16 bits.  With a non-zero last
-    hextet the compressed form is a fixed head plus that hextet in hex; the head is taken
-    from ipaddress itself and checked on a second sample, else ipaddress does all."""
-    v6, suffix = ipaddress.IPv6Address, f"/{prefix}"
-    base = lo >> 16 << 16
-    head = v6(base | 1).compressed[:-1]
-    fast = v6(base | 0xABCD).compressed == head + "abcd"
-    return [
-        f"{head}{i & 0xFFFF:x}{suffix}" if fast and i & 0xFFFF else v6(i).compressed + suffix
-        for i in range(lo, hi + 1)
-    ]
-
-
-def group_expand(items: Iterable[tuple[str, Block]]) -> dict[str, tuple[str, ...]]:
-    """{interface: sorted canonical strings}; the blocks must not overlap (see find_overlap)."""
+def group_expand(items: Iterable[tuple[str, Block]]) -> dict[str, tuple[Address, ...]]:
+    """{interface: its addresses, sorted}; the blocks must not overlap (see find_overlap)."""
     per: dict[str, list[Block]] = {}
     for iface, b in items:
         per.setdefault(iface, []).append(b)
-    out: dict[str, tuple[str, ...]] = {}
+    out: dict[str, tuple[Address, ...]] = {}
     for iface in sorted(per):
-        strings: list[str] = []
+        addrs: list[Address] = []
         for b in sorted(per[iface], key=lambda b: (b.version, b.start)):
-            strings.extend(expand(b))
-        out[iface] = tuple(strings)
+            addrs.extend(expand(b))
+        out[iface] = tuple(addrs)
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from reconciler.address import Address
 from reconciler.spec import LoadedSpec
 from reconciler.spec.addresses import (
     MAX_TOTAL,
@@ -216,7 +217,7 @@ class _Entry:
         return SpecError(self.file, self.line, self.col, self.key, reason)
 
 
-def _addresses(spec: Spec, doc: Doc) -> tuple[dict[str, tuple[str, ...]], bytes]:
+def _addresses(spec: Spec, doc: Doc) -> tuple[dict[str, tuple[Address, ...]], bytes]:
     """Resolve every floating address entry to (interface, block); check caps and overlaps."""
     entries = _spec_entries(spec, doc)
     ips_bytes = b""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from reconciler.address import Address
 from reconciler.plan.actions import Action, Kind
 from reconciler.plan.kinds import DrbdMount, ReplicationSource
 from reconciler.spec import LoadedSpec
@@ -161,24 +162,24 @@ def _unmount(node: Node, mp: str) -> None:
     node.mounts.pop(mp, None)
 
 
-def _add(node: Node, iface: str, item: str, adopt: bool) -> None:
+def _add(node: Node, iface: str, item: Address, adopt: bool) -> None:
     i = node.ifaces.setdefault(iface, Iface())
     for x in i.addresses:
-        if x.address == item:
+        if x.address == item.text:
             x.owned = True
             return
     if adopt:
         return
-    i.addresses.append(Addr(item, True))
+    i.addresses.append(Addr(item.text, True))
 
 
-def _remove(node: Node, iface: str, item: str) -> None:
+def _remove(node: Node, iface: str, item: Address) -> None:
     i = node.ifaces.get(iface)
     if i is None:
         return
-    x = next((x for x in i.addresses if x.address == item), None)
+    x = next((x for x in i.addresses if x.address == item.text), None)
     if x is not None and x.owned:  # never an address we do not own
-        i.delete(item)
+        i.delete(item.text)
 
 
 def steps(world: World, spec: LoadedSpec, node: Node, a: Action) -> list[Callable[[], None]]:

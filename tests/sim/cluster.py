@@ -97,7 +97,7 @@ class SimCluster:
         for node in self.world.nodes.values():
             if not node.on:
                 continue
-            holds = vip is None or any(a.address.split("/")[0] == vip.split("/")[0] for i in node.ifaces.values() for a in i.addresses)
+            holds = vip is None or any(a.address.split("/")[0] == vip.ip for i in node.ifaces.values() for a in i.addresses)
             pg = node.pg
             if holds and "settling" not in node.blind and pg.running and not pg.standby and spec.spec.postgres is not None:
                 t = self.world.token("c")
@@ -191,7 +191,7 @@ class SimCluster:
         writable = [n for n in on if n.pg.running and not n.pg.standby]
         if len(writable) > 1:
             out.append("both PostgreSQL writable")
-        floating = {ipaddress.ip_interface(a).ip for s in self.specs for a in s.all_addresses}
+        floating = {ipaddress.ip_interface(a.text).ip for s in self.specs for a in s.all_addresses}
         held = [{ipaddress.ip_interface(a.address).ip for i in n.ifaces.values() for a in i.addresses} & floating for n in on]
         if len(held) == 2 and held[0] & held[1]:
             out.append(f"floating address on both nodes: {sorted(map(str, held[0] & held[1]))[:3]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from reconciler.address import parse
 from reconciler.model import (
     AddressObs,
     DrbdObs,
@@ -116,7 +117,7 @@ def observe(world: World, spec: LoadedSpec, node: Node) -> NodeObservation:
         if i is None:
             ifaces[name] = InterfaceObs(exists=False)
             continue
-        addrs = tuple(AddressObs(address=a.address, owned=a.owned, secondary=i.is_secondary(a)) for a in i.addresses)
+        addrs = tuple(AddressObs(address=parse(a.address), owned=a.owned, secondary=i.is_secondary(a)) for a in i.addresses)
         ifaces[name] = InterfaceObs(promote_secondaries=i.promote_secondaries, addresses=addrs)
     mounts = {mp: MountObs(source=dev, fstype="ext4") for mp, dev in node.mounts.items()}
     drbd = {r.name: _drbd(world, node, r.name) for r in spec.spec.drbd}

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
-
+from reconciler.address import Address, parse
 from reconciler.spec import LoadedSpec
 from reconciler.spec.models import Spec
 
 
-def make_spec(primary: str = "mx1", fenced: tuple[str, ...] = (), ips: tuple[str, ...] = ("10.9.0.10/24", "10.9.0.11/24", "10.9.0.12/24"),
+def make_spec(primary: str = "mx1", fenced: tuple[str, ...] = (),
+              ips: tuple[str | Address, ...] = ("10.9.0.10/24", "10.9.0.11/24", "10.9.0.12/24"),
               drbd: bool = True, postgres: bool = True, services: bool = True) -> LoadedSpec:
     doc: dict = {
         "cluster": "sim",
         "nodes": {"mx1": {"address": "10.0.0.1"}, "mx2": {"address": "10.0.0.2"}},
         "primary": primary,
         "fenced": list(fenced),
-        "floating_ips": {"interface": "eth0", "addresses": list(ips)},
+        "floating_ips": {"interface": "eth0", "addresses": [str(a) for a in ips]},
     }
     if drbd:
         doc["drbd"] = [{"name": "r0", "device": "/dev/drbd0", "mount": "/var/hvmail"}]
@@ -24,7 +24,6 @@ def make_spec(primary: str = "mx1", fenced: tuple[str, ...] = (), ips: tuple[str
     if services:
         doc["services"] = [{"name": "greenarrow"}, {"name": "smtp"}]
     spec = Spec.model_validate(doc)
-    addrs = tuple(sorted({ipaddress.ip_interface(a).with_prefixlen for a in ips},
-                         key=lambda a: int(ipaddress.ip_interface(a).ip)))
+    addrs = tuple(sorted({parse(str(a)) for a in ips}))
     # as the loader does: floating_ips.interface is managed even with no addresses on it
     return LoadedSpec(model=spec, addresses={"eth0": addrs}, digest=f"sim-{primary}-{fenced}-{ips}")
