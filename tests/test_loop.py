@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from reconciler.address import parse
 from reconciler.agent import run as agent_run
 from reconciler.agent.loop import Acted, Converged, Loop, OperatorNeeded, Retrying, Waiting
 from reconciler.agent.run import Agent
@@ -27,7 +28,7 @@ from tests.gitrepo import running, write
 from tests.test_planner_cases import ROOT, SPEC, snap, spec_with, with_iface
 
 SPEC_FILE = os.path.join(ROOT, "specs", "cluster.example.yaml")
-MISSING = "192.0.2.33/24"
+MISSING = parse("192.0.2.33/24")
 
 
 def _without(obs: NodeObservation, address: str) -> NodeObservation:
