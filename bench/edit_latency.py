@@ -39,7 +39,7 @@ def one_case(report: Report, n_ips: int, edits: int) -> None:
             text = solo_spec(n_ips, extra=(EXTRA,) if i % 2 == 0 else (), **base)
             t_w = write_atomic(a.spec, text)
             want = "add_addresses" if i % 2 == 0 else "remove_addresses"
-            j, line = a.wait_log(lambda l: l.get("action") == want, 60, after=idx + 1)
+            j, line = a.wait_log(lambda entry, want=want: entry.get("action") == want, 60, after=idx + 1)
             k, changed = a.wait_log(reloaded, 1, after=idx + 1)
             if line.get("result") != "ok":
                 raise RuntimeError(f"edit {i}: {line['msg']}")

@@ -318,7 +318,7 @@ class SoloAgent:
             self._ns_cm.__exit__(None, None, None)
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "SoloAgent":
+    def __enter__(self) -> SoloAgent:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -218,9 +218,8 @@ def partial(report: Report, repeats: int, n: int = 10_000, k: int = 5_000) -> No
 
 def where(report: Report) -> None:
     """cProfile of the in-process path for 10,000 × /32, add then remove."""
-    from reconciler.netlink import run_in_netns
-
     from bench.harness import fmt_breakdown, profile_breakdown
+    from reconciler.netlink import run_in_netns
 
     tmp = tempfile.mkdtemp(prefix="rcbench-ip-")
     try:

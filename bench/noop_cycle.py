@@ -14,7 +14,16 @@ import subprocess
 import time
 import timeit
 
-from bench.harness import Report, Stat, fmt_breakdown, ipv4_range, netns_with_iface, profile_breakdown, ratio_stat, solo_spec
+from bench.harness import (
+    Report,
+    Stat,
+    fmt_breakdown,
+    ipv4_range,
+    netns_with_iface,
+    profile_breakdown,
+    ratio_stat,
+    solo_spec,
+)
 
 N = 10_000
 TARGET = 3.0

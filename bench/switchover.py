@@ -261,7 +261,7 @@ def run_variant(report: Report, floor: Floor, rounds: int, services: bool) -> No
                 marks = {n: len(c.lines(n)) for n in NODES}
                 t_wall, t_mono = time.time(), time.monotonic()
                 c.set_primary(to)
-                wait_for(lambda: all(any(_is_converged(n, x) for x in c.lines(n)[marks[n]:]) for n in NODES),
+                wait_for(lambda marks=marks: all(any(_is_converged(n, x) for x in c.lines(n)[marks[n]:]) for n in NODES),
                          120, "both agents converged", every=0.05)
                 try:
                     fw.wait_acks(20, timeout=60)
@@ -367,9 +367,9 @@ def _pg_observe_cost(report: Report, c) -> None:  # noqa: ANN001
         out: dict[str, list[float]] = {"node": [], "pg": [], "net": [], "svc": []}
         for _ in range(11):
             for k, fn in (("node", lambda: observe_node(spec, "mx1")),
-                          ("pg", lambda: read_postgres(spec.spec.postgres)),
+                          ("pg", lambda: read_postgres(spec.model.postgres)),
                           ("net", lambda: read_interfaces(sorted(spec.addresses))),
-                          ("svc", lambda: read_services(spec.spec.services))):
+                          ("svc", lambda: read_services(spec.model.services))):
                 t0 = time.perf_counter()
                 fn()
                 out[k].append(time.perf_counter() - t0)

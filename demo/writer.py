@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg
 
 
 def commit_rows(
-    connect: Callable[[], "psycopg.Connection | None"],
+    connect: Callable[[], psycopg.Connection | None],
     acked: Callable[[int], None],
     stopped: Callable[[], bool],
     *,
@@ -53,7 +53,7 @@ def commit_rows(
         _close(conn)
 
 
-def _close(conn: "psycopg.Connection | None") -> None:
+def _close(conn: psycopg.Connection | None) -> None:
     if conn is not None:
         try:
             conn.close()

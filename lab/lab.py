@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler import _cmd
 from lab import client, initrd, vm
 from lab.client import ExecResult, LabError
 from lab.topology import DISK_MB, NODES, Layout, Node, node
+from reconciler import _cmd
 
 BOOT_TIMEOUT_S = 120.0
 

@@ -12,10 +12,10 @@ import signal
 import time
 from pathlib import Path
 
-from reconciler import _cmd
 from lab.agent import PORT_NAME
 from lab.client import LabError
 from lab.topology import MEM_MB, Layout, Node
+from reconciler import _cmd
 
 QEMU = "qemu-system-x86_64"
 AGENT = str(Path(__file__).with_name("agent.py"))

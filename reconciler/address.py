@@ -17,8 +17,9 @@ import functools
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from itertools import repeat
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 _BITS = {4: 32, 6: 128}
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -75,7 +76,7 @@ class Address(NamedTuple):
 
 # tuple.__new__ without NamedTuple's Python-level __new__ (cheaper), for the makers below.
 _Fields = tuple[int, int, int, str]
-_make: Callable[[_Fields], Address] = functools.partial(tuple.__new__, Address)  # type: ignore[assignment]
+_make: Callable[[_Fields], Address] = functools.partial(tuple.__new__, Address)
 
 
 def v4_text(value: int) -> str:

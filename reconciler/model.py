@@ -190,5 +190,5 @@ class NodeObservation(_Frozen):
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "NodeObservation":
+    def from_json(cls, text: str) -> NodeObservation:
         return cls.model_validate_json(text)

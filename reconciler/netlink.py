@@ -15,7 +15,8 @@ import re
 import socket
 import struct
 import threading
-from typing import Callable, Container, Iterator, NamedTuple, Sequence, TypeVar
+from collections.abc import Callable, Container, Iterator, Sequence
+from typing import NamedTuple, TypeVar
 
 from reconciler.address import Address, from_packed
 
@@ -54,7 +55,7 @@ _NETNS_RE = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$")
 class AddrInfo(NamedTuple):
     """One RTM_NEWADDR message; `address` is typed, made once from the message's bytes."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the interface index, shadowing tuple.index
     family: int
     address: Address
     prefixlen: int
@@ -65,7 +66,7 @@ class AddrInfo(NamedTuple):
 
 
 class LinkInfo(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # the interface index, shadowing tuple.index
     name: str
     flags: int
     mac: bytes
@@ -120,7 +121,7 @@ def parse_attrs(data: bytes, start: int, end: int) -> dict[int, bytes]:
 
 
 def parse_addr_dump(
-    data: bytes, indexes: Container[int] | None = None, memo: "AddrMemo | None" = None
+    data: bytes, indexes: Container[int] | None = None, memo: AddrMemo | None = None
 ) -> list[AddrInfo]:
     """Every RTM_NEWADDR in `data` (a dump or a notification stream), all scopes.
 
@@ -148,8 +149,8 @@ def parse_addr_dump(
             continue
         if seen is not None:
             key = data[start:end]
-            hit = prev.get(key, _MISS)
-            if hit is not _MISS:
+            if key in prev:
+                hit = prev[key]
                 seen[key] = hit
                 if hit is not None:
                     out.append(hit)
@@ -184,7 +185,6 @@ def parse_addr_dump(
     return out
 
 
-_MISS = object()
 
 
 class AddrMemo:
@@ -271,7 +271,7 @@ class Netlink:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "Netlink":
+    def __enter__(self) -> Netlink:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,7 +20,8 @@ import errno
 import ipaddress
 import socket
 import struct
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from reconciler.address import Address
 from reconciler.netlink import Netlink, iter_messages

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from reconciler.cli.main import main
-from reconciler.spec.addresses import Block, MAX_RANGE, parse_entry
+from reconciler.spec.addresses import MAX_RANGE, Block, parse_entry
 from reconciler.spec.drbdconf import DrbdConfError, load, parse, resources, tokenize
 from reconciler.spec.legacy import IpsItem, LegacyError, collapse, format_block, parse_ips
 from reconciler.spec.load import load_spec
@@ -119,7 +119,7 @@ def test_import_writes_a_valid_collapsed_spec(capsys, legacy, tmp_path: Path) ->
     assert "192.0.2.10-192.0.2.209/24" in doc["floating_ips"]["addresses"]
     assert "    # second subnet /25" in text and "    #198.51.100.99/25" in text
     assert any(ln.startswith("    - 198.51.100.100/25 ") and ln.endswith("# bounce domain") for ln in text.splitlines())
-    spec = loaded.spec
+    spec = loaded.model
     assert {n: spec.nodes[n].address for n in spec.nodes} == {"mx1": "10.0.0.1", "mx2": "10.0.0.2"}
     assert spec.primary == "mx1"
     assert [(r.name, r.device, r.mount, r.fstype) for r in spec.drbd] == [("r0", "/dev/drbd0", "/var/hvmail", "ext4")]
@@ -134,7 +134,7 @@ def test_import_defaults_to_stdout_and_placeholders(capsys, legacy, tmp_path: Pa
     assert "    # mount: /var/hvmail" in out
     path = tmp_path / "stdout.yaml"
     path.write_text(out)
-    spec = load_spec(str(path)).spec
+    spec = load_spec(str(path)).model
     assert spec.cluster == "mx" and spec.primary == "none" and spec.drbd[0].mount is None
     assert {n: spec.nodes[n].address for n in spec.nodes} == {"alpha": "10.0.0.1", "beta": "10.0.0.22"}
 

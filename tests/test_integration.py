@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from demo.cluster import CLIENT_ADDR, NODES, PY, ROOT_DIR, VIP, WRITER, TwoNode, in_ns, wait_for
+from demo.cluster import NODES, PY, ROOT_DIR, VIP, WRITER, TwoNode, in_ns, wait_for
 from tests.conftest import need_netns, need_postgres
 
 pytestmark = pytest.mark.slow

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from reconciler.execute.drbd import RETRY_DELAYS_S
 from lab.client import LabError
 from lab.drive import GUEST_ENV
 from lab.lab import Lab
 from lab.provision import DEVICE, RESOURCE, observe, provision
 from lab.topology import Layout
+from reconciler.execute.drbd import RETRY_DELAYS_S
 from tests.conftest import need_lab
 
 pytestmark = pytest.mark.slow

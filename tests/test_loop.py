@@ -22,8 +22,8 @@ from reconciler.agent.run import Agent
 from reconciler.execute.dispatch import Result
 from reconciler.model import NodeObservation, ServiceObs
 from reconciler.plan import operator, postcondition
-from reconciler.plan.kinds import ReplicationSource
 from reconciler.plan.actions import Action, Guard, Kind
+from reconciler.plan.kinds import ReplicationSource
 from tests.gitrepo import running, write
 from tests.test_planner_cases import ROOT, SPEC, snap, spec_with, with_iface
 
@@ -41,11 +41,14 @@ def split_brain(obs: NodeObservation) -> NodeObservation:
     return obs.model_copy(update={"drbd": {"r0": d}})
 
 
+OK = Result(True, "")
+
+
 class Node:
     """One node's observed state; `execute` makes an address action take effect, or not."""
 
     def __init__(self, own: NodeObservation, peer: NodeObservation | None, effective: bool = True,
-                 result: Result = Result(True, "")) -> None:
+                 result: Result = OK) -> None:
         self.own, self.peer, self.effective, self.result = own, peer, effective, result
         self.ran: list[Action] = []
         self.observed = 0
@@ -307,7 +310,7 @@ def test_the_agent_reports_an_operator_only_wait_once_and_rechecks_at_the_drift_
     said = [ln for ln in log_lines if "split brain" in ln]
     assert len(said) == 1 and said[0].startswith("mx1: waiting: operator needed: drbd r0: ")
     assert "to resolve: " in said[0]
-    assert agent._delay(outcomes[0]) == SPEC.spec.agent.drift_check_interval_s > 10 * agent_run.WAIT_POLL_S
+    assert agent._delay(outcomes[0]) == SPEC.model.agent.drift_check_interval_s > 10 * agent_run.WAIT_POLL_S
     assert agent.status_line(outcomes[0]).startswith("waiting for the operator on drbd r0")
     assert not n.ran
     n.own = snap("converged", "mx1")  # the operator resolved it ...

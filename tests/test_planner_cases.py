@@ -10,7 +10,7 @@ import os
 import pytest
 
 from reconciler.address import parse as A
-from reconciler.model import AddressObs, InterfaceObs, NodeObservation, PostgresObs, TimelineSwitch
+from reconciler.model import AddressObs, NodeObservation, PostgresObs, TimelineSwitch
 from reconciler.plan.actions import Kind
 from reconciler.plan.planner import PlanError, plan
 from reconciler.spec.load import load_spec

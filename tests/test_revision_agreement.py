@@ -15,7 +15,7 @@ TO_MX2 = spec_with(**{"primary: mx1 ": "primary: mx2 "})
 
 def applying(obs: NodeObservation, spec, revision: str | None) -> NodeObservation:
     """`obs` as served by an agent that applies `spec` at `revision`."""
-    return obs.model_copy(update={"spec_digest": spec.digest, "revision": revision, "spec_roles": spec_roles(spec.spec)})
+    return obs.model_copy(update={"spec_digest": spec.digest, "revision": revision, "spec_roles": spec_roles(spec.model)})
 
 
 def same_revision_guard(a):
@@ -83,6 +83,6 @@ def test_a_peer_declared_fenced_is_not_awaited():
 
 
 def test_spec_roles_text():
-    assert spec_roles(SPEC.spec) == "primary=mx1 fenced=none"
+    assert spec_roles(SPEC.model) == "primary=mx1 fenced=none"
     both = spec_with(**{"fenced: []": "fenced: [mx2]"})
-    assert spec_roles(both.spec) == "primary=mx1 fenced=mx2"
+    assert spec_roles(both.model) == "primary=mx1 fenced=mx2"

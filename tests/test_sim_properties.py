@@ -191,12 +191,12 @@ def assert_converges(c: SimCluster, fenced: tuple[str, ...]) -> None:
 
 def assert_matches_spec(c: SimCluster) -> None:
     spec = c.specs[-1]
-    primary = spec.spec.primary
+    primary = spec.model.primary
     for name, node in c.world.nodes.items():
         held = {a.address for i in node.ifaces.values() for a in i.addresses if a.owned}
         if name == primary:
             assert held == {a.text for a in spec.all_addresses}, (name, held)
-            if spec.spec.postgres is not None:
+            if spec.model.postgres is not None:
                 assert node.pg.running and not node.pg.standby, f"{name} PostgreSQL is not the writable primary"
             assert all(d.role == "Primary" for d in node.drbd.values() if d.configured)
             assert all(node.services.values())
@@ -204,7 +204,7 @@ def assert_matches_spec(c: SimCluster) -> None:
             assert not held, (name, held)
             assert not any(node.services.values())
             assert not (node.pg.running and not node.pg.standby)
-            if spec.spec.postgres is not None and primary != "none":
+            if spec.model.postgres is not None and primary != "none":
                 assert streaming(c.world, spec, node) is c.world.nodes[primary], f"{name} is not streaming from {primary}"
 
 

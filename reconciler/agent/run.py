@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from reconciler.agent import logs
 from reconciler.agent.loop import Acted, Converged, Loop, Observe, OperatorNeeded, Outcome, Retrying, Waiting
@@ -30,6 +31,9 @@ from reconciler.plan.actions import Action
 from reconciler.plan.render import title
 from reconciler.spec import LoadedSpec
 from reconciler.spec.load import SpecError
+
+if TYPE_CHECKING:
+    from reconciler.peer import PeerServer
 
 log = logging.getLogger("reconciler")
 
@@ -63,7 +67,7 @@ class Agent:
         self.peer_obs: NodeObservation | None = None
         self._snap: tuple[float, NodeObservation] | None = None
         self._snap_lock = threading.Lock()
-        self._server = None
+        self._server: PeerServer | None = None
         self._acting_since: float | None = None
         self._last_wait: object = None
         self._last_outcome: type[Outcome] | None = None
@@ -110,8 +114,9 @@ class Agent:
             log.error(f"{self.node}: not serving the peer channel: {e}")
             return
         metrics = self.metrics.exposition if s.agent.metrics else None
-        self._server = PeerServer(s.nodes[self.node].address, s.agent.peer_port, secret, self.snapshot, metrics)
-        self._server.start()
+        server = self._server = PeerServer(s.nodes[self.node].address, s.agent.peer_port, secret, self.snapshot,
+                                           metrics)
+        server.start()
 
     # ---- the spec source --------------------------------------------------------------------
     def _reload(self) -> None:
@@ -187,10 +192,10 @@ class Agent:
             case Acted():
                 return 0.0
             case Retrying(attempt=n):
-                return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (n - 1))
+                return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (n - 1)))
             case Waiting():
                 return WAIT_POLL_S
-        return self.spec.model.agent.drift_check_interval_s  # Converged, OperatorNeeded
+        return float(self.spec.model.agent.drift_check_interval_s)  # Converged, OperatorNeeded
 
     def step(self) -> Outcome:
         self._reload()
@@ -270,8 +275,12 @@ class Agent:
             self.wake.wait(delay if ping is None else min(delay, ping))
             self.wake.clear()
 
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping.set()
+        self.wake.set()
+
     def _signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # tests run the loop in a thread and stop it with `stopping`
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: (self.stopping.set(), self.wake.set()))
+            signal.signal(sig, self._on_signal)

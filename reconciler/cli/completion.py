@@ -36,7 +36,7 @@ class Cmd:
     help: str = ""
     options: list[Arg] = field(default_factory=list)
     positionals: list[Arg] = field(default_factory=list)
-    subcommands: dict[str, "Cmd"] = field(default_factory=dict)
+    subcommands: dict[str, Cmd] = field(default_factory=dict)
 
 
 def tree(parser: argparse.ArgumentParser, name: str = "", help_text: str = "") -> Cmd:

@@ -15,8 +15,16 @@ from dataclasses import dataclass
 
 from reconciler._cmd import CmdResult, run
 from reconciler.cli.common import UserError
-from reconciler.spec.edit import EditError, PrimarySite, check_only_primary, create_new, locate, set_primary
-from reconciler.spec.edit import unified_diff, write_atomic
+from reconciler.spec.edit import (
+    EditError,
+    PrimarySite,
+    check_only_primary,
+    create_new,
+    locate,
+    set_primary,
+    unified_diff,
+    write_atomic,
+)
 from reconciler.spec.load import MAX_IPS_BYTES, MAX_SPEC_BYTES, SpecError, load_spec, read_capped
 from reconciler.spec.models import Spec
 

@@ -14,13 +14,14 @@ import argparse
 import hashlib
 import json
 import os
+from typing import Any
 
 from reconciler.agent import logs
 from reconciler.agent.loop import Admit, Converged, Loop
 from reconciler.agent.peering import PeerLink
 from reconciler.agent.source import SpecSource, stamp
 from reconciler.cli import sources
-from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UserError
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UserError
 from reconciler.model import NodeObservation
 from reconciler.plan import render
 from reconciler.plan.actions import Action, Plan
@@ -37,7 +38,7 @@ _VOLATILE_PG = ("current_lsn", "receive_lsn", "replay_lsn")
 _OWN_STAMPS = ("spec_digest", "revision", "spec_roles")  # what we applied, not what we observed
 
 
-def _normal(obs: NodeObservation, own: bool) -> dict:
+def _normal(obs: NodeObservation, own: bool) -> dict[str, Any]:
     d = obs.model_dump(mode="json")
     pg = d.get("postgres")
     if pg and pg.get("running"):
@@ -55,7 +56,7 @@ def observed_fingerprint(own: NodeObservation, peer: NodeObservation | None) -> 
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def action_key(a: Action | dict) -> list:
+def action_key(a: Action | dict[str, Any]) -> list[Any]:
     if isinstance(a, Action):
         return [a.kind.value, a.target, [x.text for x in a.items], sorted([k, v] for k, v in a.payload_text.items())]
     return [a["kind"], a["target"], list(a["items"]), sorted([k, v] for k, v in a["params"].items())]
@@ -79,7 +80,7 @@ def write_saved(path: str, p: Plan, source: SpecSource, spec: LoadedSpec, own: N
         raise UserError(f"{path}: cannot write the saved plan: {e.strerror or e}") from None
 
 
-def read_saved(path: str) -> dict | None:
+def read_saved(path: str) -> dict[str, Any] | None:
     """The saved plan in `path`, or None when the file is not one (then it is a spec)."""
     try:
         with open(path, "rb") as f:
@@ -112,7 +113,7 @@ def _stale(why: str) -> UserError:
     return UserError(f"Saved plan is stale: {why}. Make a new one with `reconciler plan -out FILE`.")
 
 
-def _check_fresh(doc: dict, node: str) -> tuple[LoadedSpec, PeerLink, tuple[NodeObservation, NodeObservation | None]]:
+def _check_fresh(doc: dict[str, Any], node: str) -> tuple[LoadedSpec, PeerLink, tuple[NodeObservation, NodeObservation | None]]:
     loaded = sources.load(sources.from_doc(doc["source"]))
     if loaded.digest != doc["spec_digest"]:
         now = f" (now commit {loaded.revision[:12]})" if loaded.revision else ""
@@ -127,7 +128,7 @@ def _check_fresh(doc: dict, node: str) -> tuple[LoadedSpec, PeerLink, tuple[Node
     return loaded, link, (own, peer)
 
 
-def _as_saved(change: dict) -> Admit:
+def _as_saved(change: dict[str, Any]) -> Admit:
     """Admits the next action only while it is still the saved `change`."""
     def admit(a: Action) -> str | None:
         if action_key(a) == action_key(change):
@@ -136,7 +137,7 @@ def _as_saved(change: dict) -> Admit:
     return admit
 
 
-def apply_saved(args: argparse.Namespace, doc: dict) -> int:
+def apply_saved(args: argparse.Namespace, doc: dict[str, Any]) -> int:
     """The shared loop, admitting only the saved actions in order; the first step acts on
     the observation the staleness check made, and the last action's effect is confirmed."""
     from reconciler.cli.agent_cmds import stop_code

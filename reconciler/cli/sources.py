@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Iterator
-from typing import Any
 from contextlib import contextmanager
+from typing import Any
 
 from reconciler.agent.source import FileSource, GitSource, SourceError, SpecSource
 from reconciler.cli.common import UserError, default_node

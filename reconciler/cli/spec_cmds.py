@@ -15,7 +15,7 @@ from reconciler.spec import LoadedSpec
 
 def summary(loaded: LoadedSpec) -> str:
     """`FILE: valid (2 nodes, 44 floating addresses on 2 interfaces, ...)`."""
-    spec = loaded.spec
+    spec = loaded.model
     n_addr = sum(len(a) for a in loaded.addresses.values())
     parts = [
         f"{len(spec.nodes)} node{'s' if len(spec.nodes) != 1 else ''}",

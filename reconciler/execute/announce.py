@@ -13,8 +13,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from reconciler.address import Address
 from reconciler.netlink import RTM_GETLINK, Netlink, check_ifname, ifinfomsg, parse_link_dump, run_in_netns
@@ -91,6 +91,12 @@ class _Link:
     socks: list[socket.socket]
 
 
+
+def _sender(sock: socket.socket, dest: tuple[str, int, int, int]) -> Callable[[bytes], object]:
+    def send(payload: bytes) -> int:
+        return sock.sendto(payload, dest)
+    return send
+
 def _is_router(iface: str) -> bool:
     try:
         with open(f"/proc/sys/net/ipv6/conf/{iface}/forwarding", encoding="ascii") as f:
@@ -120,7 +126,7 @@ def _open(iface: str, v4: list[Address], v6: list[Address]) -> _Link:
         icmp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, link.index)
         icmp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
         dest = (ALL_NODES, 0, 0, link.index)
-        link.send += [(lambda b, s=icmp, d=dest: s.sendto(b, d), na_packet(link.mac, ip, link.router)) for ip in v6]
+        link.send += [(_sender(icmp, dest), na_packet(link.mac, ip, link.router)) for ip in v6]
     return link
 
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from reconciler.address import Address
 from reconciler.plan.actions import Action, Kind
 from reconciler.plan.kinds import DrbdMount, ReplicationSource
 from reconciler.spec import LoadedSpec
 from reconciler.spec.models import DrbdResource, Postgres, Service
+
+if TYPE_CHECKING:  # imported where used: they load socket and netlink code that not every command needs
+    from reconciler.execute.announce import AnnounceJob, Announcer
+    from reconciler.execute.net import NetResult
 
 
 @dataclass(frozen=True)
@@ -30,14 +34,14 @@ class ActionFailed(Exception):
 
 
 def _service(spec: LoadedSpec, name: str) -> Service:
-    for s in spec.spec.services:
+    for s in spec.model.services:
         if s.name == name:
             return s
     raise ActionFailed(f"service {name} is not in the spec")
 
 
 def _resource(spec: LoadedSpec, name: str) -> DrbdResource:
-    for r in spec.spec.drbd:
+    for r in spec.model.drbd:
         if r.name == name or r.mount == name:
             return r
     raise ActionFailed(f"DRBD resource {name} is not in the spec")
@@ -48,9 +52,9 @@ def _nothing_to_run(a: Action) -> str:
 
 
 def _pg(spec: LoadedSpec) -> Postgres:
-    if spec.spec.postgres is None:
+    if spec.model.postgres is None:
         raise ActionFailed("postgres is not in the spec")
-    return spec.spec.postgres
+    return spec.model.postgres
 
 
 def _src(a: Action) -> ReplicationSource:
@@ -59,8 +63,8 @@ def _src(a: Action) -> ReplicationSource:
     return a.payload
 
 
-_announcer = None
-_jobs: list = []
+_announcer: Announcer | None = None
+_jobs: list[AnnounceJob] = []
 
 
 def _announce(spec: LoadedSpec, iface: str, items: tuple[Address, ...]) -> None:
@@ -69,15 +73,15 @@ def _announce(spec: LoadedSpec, iface: str, items: tuple[Address, ...]) -> None:
     global _announcer
     from reconciler.execute.announce import Announcer
 
-    if spec.spec.announce.count == 0:
+    if spec.model.announce.count == 0:
         return
     if _announcer is None:
-        _announcer = Announcer(spec.spec.announce.rate_limit_pps)
+        _announcer = Announcer(spec.model.announce.rate_limit_pps)
     _jobs[:] = [j for j in _jobs if not j.done.is_set()]
-    _jobs.append(_announcer.submit(iface, items, spec.spec.announce))
+    _jobs.append(_announcer.submit(iface, items, spec.model.announce))
 
 
-def announce_held(spec: LoadedSpec, iface: str, items: tuple[str, ...]) -> None:
+def announce_held(spec: LoadedSpec, iface: str, items: tuple[Address, ...]) -> None:
     """Announce addresses this node already holds, as after adding them (the agent does
     this once on start: one killed right after adding them may not have announced them)."""
     _announce(spec, iface, items)
@@ -90,7 +94,7 @@ def wait_for_announcements(timeout: float = 60.0) -> None:
         j.done.wait(max(0.0, deadline - time.monotonic()))
 
 
-def _net(fn: Callable, a: Action, spec: LoadedSpec | None = None) -> str:
+def _net(fn: Callable[..., NetResult], a: Action, spec: LoadedSpec | None = None) -> str:
     r = fn(a.target, a.items) if a.items else fn(a.target)
     if not r.ok:
         raise ActionFailed(r.summary())
@@ -99,14 +103,14 @@ def _net(fn: Callable, a: Action, spec: LoadedSpec | None = None) -> str:
     return r.summary()
 
 
-def _drbd(fn: Callable, spec: LoadedSpec, a: Action) -> str:
+def _drbd(fn: Callable[[DrbdResource], object], spec: LoadedSpec, a: Action) -> str:
     from reconciler.execute.drbd import DrbdActionError
 
     try:
         r = fn(_resource(spec, a.target))
     except DrbdActionError as e:
         raise ActionFailed(str(e).splitlines()[0]) from None
-    return getattr(r, "outcome", "ok").__str__()
+    return str(getattr(r, "outcome", "ok"))
 
 
 def _execute(spec: LoadedSpec, a: Action) -> object:

@@ -14,9 +14,10 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
+from reconciler.address import Address
 from reconciler.netlink import (
     IFA_ADDRESS,
     IFA_BROADCAST,
@@ -39,7 +40,6 @@ from reconciler.netlink import (
     pack_attr,
     run_in_netns,
 )
-from reconciler.address import Address
 from reconciler.observe.net import dump_links_and_addrs, parse_memo, read_promote_secondaries
 from reconciler.sockdiag import reset_connections
 

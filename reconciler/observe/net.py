@@ -8,7 +8,7 @@ global-scope addresses are reported; `owned` means IFA_PROTO carries this tool's
 from __future__ import annotations
 
 import socket
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from reconciler.model import AddressObs, InterfaceObs
 from reconciler.netlink import (

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import time
 from dataclasses import dataclass
 
@@ -38,7 +37,7 @@ class PeerResult:
         return self.observation is not None
 
     @classmethod
-    def unreachable(cls, reason: str) -> "PeerResult":
+    def unreachable(cls, reason: str) -> PeerResult:
         return cls(reason=_one_line(reason) or "unknown error")
 
 
@@ -69,7 +68,7 @@ def fetch_peer(
         return PeerResult.unreachable(f"{host} port {port}: {e}")
     except ConnectionRefusedError:
         return PeerResult.unreachable(f"{host} port {port}: connection refused")
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return PeerResult.unreachable(f"{host} port {port}: timed out after {timeout:g} s")
     except OSError as e:
         return PeerResult.unreachable(f"{host} port {port}: {e.strerror or e}")

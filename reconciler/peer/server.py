@@ -14,8 +14,9 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 from reconciler.model import NodeObservation
 from reconciler.peer.auth import SIG_HEADER, AuthError, NonceCache, response_signature, verify_request
@@ -190,7 +191,7 @@ class PeerServer:
         if thread is not None:
             thread.join(timeout=2.0)
 
-    def __enter__(self) -> "PeerServer":
+    def __enter__(self) -> PeerServer:
         self.start()
         return self
 

@@ -44,7 +44,7 @@ def agreement_guard(ctx: Ctx) -> Guard | None:
     peer = ctx.peer
     if peer is None or peer.spec_roles is None:
         return None
-    mine = spec_roles(ctx.spec.spec)
+    mine = spec_roles(ctx.spec.model)
     if peer.spec_roles == mine or acting_primary(ctx) == ctx.is_primary:
         return None
     p = ctx.peer_name

@@ -23,19 +23,19 @@ class Ctx:
 
     @property
     def peer_name(self) -> str | None:
-        return self.spec.spec.peer_of(self.me)
+        return self.spec.model.peer_of(self.me)
 
     @property
     def is_primary(self) -> bool:
-        return self.spec.spec.primary == self.me
+        return self.spec.model.primary == self.me
 
     @property
     def peer_fenced(self) -> bool:
-        return self.peer_name is not None and self.peer_name in self.spec.spec.fenced
+        return self.peer_name is not None and self.peer_name in self.spec.model.fenced
 
     @property
     def me_fenced(self) -> bool:
-        return self.me in self.spec.spec.fenced
+        return self.me in self.spec.model.fenced
 
     @property
     def peer_known(self) -> bool:

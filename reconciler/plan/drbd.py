@@ -31,7 +31,7 @@ def _bring_up(ctx: Ctx, r: DrbdResource, o: DrbdObs) -> tuple[list[Action], list
     if not o.configured:
         return [Action(Kind.DRBD_UP, r.name, f"resource {r.name} is not up on {ctx.me}")], []
     if o.split_brain:
-        survivor = ctx.spec.spec.primary if ctx.spec.spec.primary != "none" else ctx.me
+        survivor = ctx.spec.model.primary if ctx.spec.model.primary != "none" else ctx.me
         victim = ctx.peer_name if survivor == ctx.me else ctx.me
         cmds = split_brain_commands(r.name, victim or "the victim", survivor)
         # the commands go into the guard too: the agent's log shows waiting guards, not plan notes
@@ -89,7 +89,7 @@ def _mount_action(ctx: Ctx, r: DrbdResource) -> tuple[list[Action], list[str]]:
 def plan_drbd_primary(ctx: Ctx) -> tuple[list[Action], list[str]]:
     actions: list[Action] = []
     notes: list[str] = []
-    for r in ctx.spec.spec.drbd:
+    for r in ctx.spec.model.drbd:
         o = ctx.own.drbd.get(r.name, DrbdObs(configured=False))
         a, n = _bring_up(ctx, r, o)
         actions += a
@@ -105,7 +105,7 @@ def plan_drbd_primary(ctx: Ctx) -> tuple[list[Action], list[str]]:
 
 def plan_unmounts(ctx: Ctx) -> list[Action]:
     out = []
-    for r in reversed(ctx.spec.spec.drbd):
+    for r in reversed(ctx.spec.model.drbd):
         if r.mount and r.mount in ctx.own.mounts:
             out.append(Action(Kind.UNMOUNT, r.mount, f"{ctx.me} is not the Primary: {r.mount} must not be mounted"))
     return out
@@ -114,7 +114,7 @@ def plan_unmounts(ctx: Ctx) -> list[Action]:
 def plan_drbd_secondary(ctx: Ctx) -> tuple[list[Action], list[str]]:
     actions: list[Action] = []
     notes: list[str] = []
-    for r in ctx.spec.spec.drbd:
+    for r in ctx.spec.model.drbd:
         o = ctx.own.drbd.get(r.name, DrbdObs(configured=False))
         if o.configured and o.role == "Primary":
             why = f"{ctx.me} is not the Primary: {r.name} must be Secondary"

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from reconciler.address import Address
 from reconciler.model import AddressObs, InterfaceObs, NodeObservation
-from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan import handover
+from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan.context import Ctx
 
 

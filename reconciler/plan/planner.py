@@ -33,12 +33,12 @@ class PlanError(ValueError):
 
 
 def plan(spec: LoadedSpec, node: str, own: NodeObservation, peer: NodeObservation | None) -> Plan:
-    if node not in spec.spec.nodes:
-        raise PlanError(f"node {node!r} is not in the spec (nodes: {', '.join(spec.spec.nodes)})")
+    if node not in spec.model.nodes:
+        raise PlanError(f"node {node!r} is not in the spec (nodes: {', '.join(spec.model.nodes)})")
     if own.node != node:
         raise PlanError(f"the observation is of node {own.node!r}, not {node!r}")
-    if peer is not None and peer.node != spec.spec.peer_of(node):
-        raise PlanError(f"the peer observation is of node {peer.node!r}, not {spec.spec.peer_of(node)!r}")
+    if peer is not None and peer.node != spec.model.peer_of(node):
+        raise PlanError(f"the peer observation is of node {peer.node!r}, not {spec.model.peer_of(node)!r}")
     ctx = Ctx(spec, node, own, peer)
     waits = unknown.unobserved(ctx)
     if waits:  # never plan from a partial observation (see `unknown`)
@@ -53,7 +53,7 @@ def plan(spec: LoadedSpec, node: str, own: NodeObservation, peer: NodeObservatio
 
 def _services(ctx: Ctx, start: bool) -> list[Action]:
     out = []
-    services = ctx.spec.spec.services if start else list(reversed(ctx.spec.spec.services))
+    services = ctx.spec.model.services if start else list(reversed(ctx.spec.model.services))
     released = handover.peer_released(ctx) if start else None
     for s in services:
         active = ctx.own.services.get(s.name, ServiceObs(active=False)).active

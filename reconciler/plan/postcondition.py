@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from reconciler.address import Address
 from reconciler.model import NodeObservation, PostgresObs
 from reconciler.plan.actions import Action, Kind
 from reconciler.plan.kinds import ReplicationSource
@@ -41,16 +42,16 @@ def _promote_secondaries(a: Action, o: NodeObservation) -> str | None:
     return f"promote_secondaries is still 0 on {a.target}"
 
 
-def _held(a: Action, o: NodeObservation) -> set[str] | None:
+def _held(a: Action, o: NodeObservation) -> set[Address] | None:
     """The addresses of `a.items` held as ours on `a.target`; None when not observed."""
     i = o.interfaces.get(a.target)
     if i is None:
         return None
-    owned = {x.address for x in i.addresses if x.owned} if i.exists else set()
+    owned: set[Address] = {x.address for x in i.addresses if x.owned} if i.exists else set()
     return {x for x in a.items if x in owned}
 
 
-def _count(missing: list[str], total: int) -> str:
+def _count(missing: list[Address], total: int) -> str:
     more = f" (and {len(missing) - 1:,} more of {total:,})" if len(missing) > 1 else ""
     return f"{missing[0]}{more}"
 

@@ -24,15 +24,15 @@ PG = "postgres"
 
 def _source(ctx: Ctx) -> tuple[str | None, ReplicationSource | None, PostgresObs | None, bool]:
     """(source name, where to replicate from, source observation, source known) for a standby."""
-    cfg = ctx.spec.spec.postgres
+    cfg = ctx.spec.model.postgres
     assert cfg is not None
     src = cfg.replication_source
     if src == "primary":
-        src = ctx.spec.spec.primary
+        src = ctx.spec.model.primary
     if src in ("none", ctx.me):
         return None, None, None, False
-    if src in ctx.spec.spec.nodes:
-        source = ReplicationSource(ctx.spec.spec.nodes[src].address, cfg.port, ctx.me)
+    if src in ctx.spec.model.nodes:
+        source = ReplicationSource(ctx.spec.model.nodes[src].address, cfg.port, ctx.me)
         obs = ctx.peer.postgres if (ctx.peer is not None and src == ctx.peer_name) else None
         return src, source, obs, obs is not None
     host, _, port = src.rpartition(":")  # the spec checked it is host:port
@@ -40,7 +40,7 @@ def _source(ctx: Ctx) -> tuple[str | None, ReplicationSource | None, PostgresObs
 
 
 def plan_postgres(ctx: Ctx) -> tuple[list[Action], list[str]]:
-    if ctx.spec.spec.postgres is None:
+    if ctx.spec.model.postgres is None:
         return [], []
     o = ctx.own.postgres
     assert o is not None, "unobserved PostgreSQL is an AWAIT of unknown.unobserved; nothing else is planned"
@@ -81,7 +81,7 @@ def _peer_position_guards(ctx: Ctx, mine: pos.Position | None, own: PostgresObs)
         return [Guard("peer_position_known", False, f"peer {p} PostgreSQL is {what}; waiting for its agent to bring it to a known position")]
     if mine is None:
         return [Guard("own_position_known", False, "this node's WAL position is unknown")]
-    lag = ctx.spec.spec.postgres.max_promotion_lag_bytes if ctx.spec.spec.postgres else 0
+    lag = ctx.spec.model.postgres.max_promotion_lag_bytes if ctx.spec.model.postgres else 0
     ok, why = pos.not_ahead(theirs, mine, own, lag)
     if not ok and peer_pg.cluster_state == pos.CLEAN_PRIMARY and theirs.timeline == mine.timeline:
         why = f"standby has received {pos.fmt(mine.lsn)}, old primary's shutdown checkpoint ends at {pos.fmt(theirs.lsn)}"
@@ -125,10 +125,10 @@ def _start_as_primary(ctx: Ctx, o: PostgresObs) -> list[Action]:
 
 
 def _peer_source(ctx: Ctx) -> ReplicationSource | None:
-    cfg = ctx.spec.spec.postgres
+    cfg = ctx.spec.model.postgres
     if ctx.peer_name is None or cfg is None:
         return None
-    return ReplicationSource(ctx.spec.spec.nodes[ctx.peer_name].address, cfg.port, ctx.me)
+    return ReplicationSource(ctx.spec.model.nodes[ctx.peer_name].address, cfg.port, ctx.me)
 
 
 def _clone(ctx: Ctx, source: ReplicationSource | None, why: str) -> Action:
@@ -223,7 +223,7 @@ def _needs_reclone(ctx: Ctx, o: PostgresObs, src: str | None, source: Replicatio
     are on the same timeline": nothing to rewind), so only a fresh clone is safe, and that
     is the operator's call: the plan says so and stops."""
     tl = o.checkpoint_timeline
-    cfg = ctx.spec.spec.postgres
+    cfg = ctx.spec.model.postgres
     data = cfg.data_dir.replace("{node}", ctx.me) if cfg is not None else "the data directory"
     g = Guard("target_empty", False,
               f"needs re-clone: {ctx.me} and {src} were both primary on timeline {tl}, two different histories under "

@@ -8,6 +8,7 @@ add/remove; every other action is one add (+), change (~) or remove (-).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from reconciler.address import Address
 from reconciler.plan.actions import Action, Kind, Plan
@@ -18,7 +19,7 @@ _MAX_RUNS = 12
 
 def _runs(items: tuple[Address, ...]) -> list[tuple[Address, Address, int]]:
     """Contiguous runs of addresses with the same version and prefix: (first, last, count)."""
-    runs: list[list] = []
+    runs: list[list[Any]] = []
     for a in items:
         last = runs[-1] if runs else None
         if last and last[1].prefix == a.prefix and last[1].version == a.version and last[1].value + 1 == a.value:
@@ -110,7 +111,7 @@ def to_json(plan: Plan, cluster: str, primary: str, spec_digest: str, fp: str) -
     return json.dumps(doc, indent=2) + "\n"
 
 
-def _action_json(a: Action) -> dict:
+def _action_json(a: Action) -> dict[str, Any]:
     return {
         "kind": a.kind.value,
         "symbol": a.symbol,

@@ -24,7 +24,7 @@ def _await(ctx: Ctx, target: str, what: str, error: str | None) -> Action:
 
 
 def unobserved(ctx: Ctx) -> list[Action]:
-    s, o, err = ctx.spec.spec, ctx.own, ctx.own.failed_parts()
+    s, o, err = ctx.spec.model, ctx.own, ctx.own.failed_parts()
     out = []
     if "net" in err and ctx.spec.addresses:
         out.append(_await(ctx, "addresses", "the floating addresses", err["net"]))

@@ -22,11 +22,6 @@ class LoadedSpec:
     path: str = "<memory>"
     revision: str | None = None  # the git commit it was read at; None for a plain file
 
-    @property
-    def spec(self) -> Spec:
-        """The former name of `model`, still read by the planner, the executor and the simulator."""
-        return self.model
-
     @cached_property
     def all_addresses(self) -> frozenset[Address]:
         """Every floating address, on any interface (made once per loaded spec)."""

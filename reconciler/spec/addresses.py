@@ -9,8 +9,8 @@ range expands in a few tens of milliseconds.  Errors are `AddressError` with a s
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from reconciler.address import Address, span
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import glob
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 MAX_INCLUDE_DEPTH = 8
 _SPECIAL = "{};"
@@ -40,7 +40,7 @@ class Stmt:
     words: list[str]
     file: str
     line: int
-    body: list["Stmt"] | None = None
+    body: list[Stmt] | None = None
 
 
 @dataclass

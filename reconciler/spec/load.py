@@ -29,8 +29,8 @@ from reconciler.spec.addresses import (
     ips_file_entries,
     parse_entry,
 )
-from reconciler.spec.errors import Doc, Loc, SpecError, from_validation_error
-from reconciler.spec.models import Spec, loc_str
+from reconciler.spec.errors import Doc, SpecError, from_validation_error
+from reconciler.spec.models import Loc, Spec, loc_str
 
 MAX_SPEC_BYTES = 1 << 20  # the spec file; PyYAML composes ~3 s/MiB, so keep it small
 MAX_IPS_BYTES = 4 << 20  # the ips_file: plain lines, parsed fast
@@ -101,7 +101,7 @@ class _Loader(yaml.SafeLoader):
     _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise _Refused(problem="YAML anchors and aliases (&name, *name) are not allowed in a spec",
                            problem_mark=event.start_mark)

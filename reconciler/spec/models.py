@@ -63,7 +63,7 @@ def _unique(seen: dict[object, str], value: object, loc: Loc, what: str) -> None
     seen[value] = loc_str(loc)
 
 
-def _check_source(src: str, nodes: dict[str, "Node"]) -> None:
+def _check_source(src: str, nodes: dict[str, Node]) -> None:
     if src == "primary" or src in nodes:
         return
     m = re.match(r"^[A-Za-z0-9.:\[\]-]+:(\d{1,5})$", src)
@@ -215,7 +215,7 @@ class Spec(_Strict):
     agent: Agent = Field(default_factory=Agent)
 
     @model_validator(mode="after")
-    def _cross(self) -> "Spec":
+    def _cross(self) -> Spec:
         self._check_roles()
         seen: dict[object, str] = {}
         for name, node in self.nodes.items():

@@ -12,6 +12,7 @@ from typing import Any
 
 from reconciler.spec.models import Spec
 
+
 def schema_dict() -> dict[str, Any]:
     """The schema as a dict, with a title and description for editors."""
     body = Spec.model_json_schema()

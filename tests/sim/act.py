@@ -27,7 +27,7 @@ def _follows(a: Action) -> tuple[str, int]:
 
 def _source(world: World, spec: LoadedSpec, a: Action) -> Node | None:
     host = a.payload.host if isinstance(a.payload, ReplicationSource) else None
-    for name, n in spec.spec.nodes.items():
+    for name, n in spec.model.nodes.items():
         if n.address == host:
             return world.nodes[name]
     return None
@@ -184,7 +184,7 @@ def _remove(node: Node, iface: str, item: Address) -> None:
 
 def steps(world: World, spec: LoadedSpec, node: Node, a: Action) -> list[Callable[[], None]]:
     k, t = a.kind, a.target
-    devices = {r.name: r.device for r in spec.spec.drbd}
+    devices = {r.name: r.device for r in spec.model.drbd}
     table: dict[Kind, list[Callable[[], None]]] = {
         Kind.STOP_SERVICE: [lambda: node.services.__setitem__(t, False)],
         Kind.START_SERVICE: [lambda: node.services.__setitem__(t, True)],
@@ -221,7 +221,7 @@ def _check_demotion_order(world: World, spec: LoadedSpec, node: Node, a: Action)
     """A demoting node stops its Primary-only services before it takes PostgreSQL or the
     floating addresses away from under them (a service's status that cannot be read is not
     a stopped service)."""
-    if spec.spec.primary != node.name and a.kind in (Kind.PG_STOP, Kind.REMOVE_ADDRESSES):
+    if spec.model.primary != node.name and a.kind in (Kind.PG_STOP, Kind.REMOVE_ADDRESSES):
         live = sorted(name for name, up in node.services.items() if up)
         if live:
             world.violations.append(f"{node.name} ran {a.kind.value} while {live[0]} still runs there")

@@ -15,15 +15,15 @@ from tests.sim.world import Addr, Drbd, Iface, Node, Pg, World
 class SimCluster:
     def __init__(self, specs: list[LoadedSpec], fresh: bool = False) -> None:
         self.specs = specs  # every version the operator has written; nodes hold an index
-        names = list(specs[0].spec.nodes)
+        names = list(specs[0].model.nodes)
         self.world = World(nodes={n: Node(name=n) for n in names})
         for node in self.world.nodes.values():
             node.pg = Pg(empty=fresh and node.name != names[0], wal=[] if fresh and node.name != names[0] else [(1, "init")])
             node.pg.ckpt_lsn = 0 if node.pg.wal else None
             if node.name != names[0] and not fresh:  # an existing standby of the first node
                 node.pg.state, node.pg.standby_signal = "shut down in recovery", True
-                node.pg.follows = (specs[0].spec.nodes[names[0]].address, specs[0].spec.postgres.port if specs[0].spec.postgres else 5432)
-            for r in specs[0].spec.drbd:
+                node.pg.follows = (specs[0].model.nodes[names[0]].address, specs[0].model.postgres.port if specs[0].model.postgres else 5432)
+            for r in specs[0].model.drbd:
                 node.drbd[r.name] = Drbd(data=["mkfs"])
             for iface in specs[0].addresses:
                 node.ifaces[iface] = Iface()
@@ -39,7 +39,7 @@ class SimCluster:
 
     def plan_for(self, name: str):
         spec = self.spec_of(name)
-        peer_name = spec.spec.peer_of(name)
+        peer_name = spec.model.peer_of(name)
         peer = None
         if peer_name is not None and self.world.channel(name, peer_name):
             peer = observe(self.world, self.specs[self.world.nodes[peer_name].spec_version], self.world.nodes[peer_name])
@@ -69,7 +69,7 @@ class SimCluster:
             if src is not None:
                 node.pg.wal = list(src.pg.wal)
                 node.pg.history = list(src.pg.history)
-        for r in self.specs[0].spec.drbd:
+        for r in self.specs[0].model.drbd:
             self._drbd_connect(r.name)
 
     def _drbd_connect(self, res: str) -> None:
@@ -99,11 +99,11 @@ class SimCluster:
                 continue
             holds = vip is None or any(a.address.split("/")[0] == vip.ip for i in node.ifaces.values() for a in i.addresses)
             pg = node.pg
-            if holds and "settling" not in node.blind and pg.running and not pg.standby and spec.spec.postgres is not None:
+            if holds and "settling" not in node.blind and pg.running and not pg.standby and spec.model.postgres is not None:
                 t = self.world.token("c")
                 pg.wal.append((pg.tli, t))
                 self.world.acked_commits.append(t)
-            for r in spec.spec.drbd:
+            for r in spec.model.drbd:
                 d = node.drbd.get(r.name)
                 if d and d.role == "Primary" and r.mount in node.mounts and any(node.services.values()):
                     t = self.world.token("f")
@@ -154,8 +154,8 @@ class SimCluster:
     def operator_resolve_split_brain(self) -> None:
         """What the plan tells the operator to run: the non-Primary side discards its data."""
         spec = self.specs[-1]
-        survivor = spec.spec.primary
-        for r in spec.spec.drbd:
+        survivor = spec.model.primary
+        for r in spec.model.drbd:
             nodes = list(self.world.nodes.values())
             if any(n.drbd[r.name].split_brain for n in nodes) and survivor != "none":
                 win = self.world.nodes[survivor].drbd[r.name]
@@ -181,11 +181,11 @@ class SimCluster:
         w = self.world
         out = list(w.violations)
         on = [n for n in w.nodes.values() if n.on]
-        for r in self.specs[-1].spec.drbd:
+        for r in self.specs[-1].model.drbd:
             prim = [n.name for n in on if n.drbd.get(r.name) and n.drbd[r.name].configured and n.drbd[r.name].role == "Primary"]
             if len(prim) > 1:
                 out.append(f"both DRBD Primary on {r.name}")
-        both = [s.name for s in self.specs[-1].spec.services if len(on) == 2 and all(n.services.get(s.name) for n in on)]
+        both = [s.name for s in self.specs[-1].model.services if len(on) == 2 and all(n.services.get(s.name) for n in on)]
         if both:
             out.append(f"service {both[0]} runs on both nodes")
         writable = [n for n in on if n.pg.running and not n.pg.standby]

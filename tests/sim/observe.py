@@ -23,7 +23,7 @@ def source_node(world: World, spec: LoadedSpec, node: Node) -> Node | None:
     if node.pg.follows is None:
         return None
     host = node.pg.follows[0]
-    for name, n in spec.spec.nodes.items():
+    for name, n in spec.model.nodes.items():
         if n.address == host and name != node.name:
             return world.nodes[name]
     return None
@@ -120,9 +120,9 @@ def observe(world: World, spec: LoadedSpec, node: Node) -> NodeObservation:
         addrs = tuple(AddressObs(address=parse(a.address), owned=a.owned, secondary=i.is_secondary(a)) for a in i.addresses)
         ifaces[name] = InterfaceObs(promote_secondaries=i.promote_secondaries, addresses=addrs)
     mounts = {mp: MountObs(source=dev, fstype="ext4") for mp, dev in node.mounts.items()}
-    drbd = {r.name: _drbd(world, node, r.name) for r in spec.spec.drbd}
-    pg = _pg(world, spec, node) if spec.spec.postgres else None
-    services = {s.name: ServiceObs(active=node.services.get(s.name, False)) for s in spec.spec.services}
+    drbd = {r.name: _drbd(world, node, r.name) for r in spec.model.drbd}
+    pg = _pg(world, spec, node) if spec.model.postgres else None
+    services = {s.name: ServiceObs(active=node.services.get(s.name, False)) for s in spec.model.services}
     blind = sorted(node.blind - {"settling"})
     # what observe.node does when a driver fails: that part empty, the failure in errors
     ifaces = {} if "net" in blind else ifaces
