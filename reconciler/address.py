@@ -27,7 +27,8 @@ _V4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 
 
 class Address(NamedTuple):
-    """One host address with its prefix length, as `ip address add` takes it."""
+    """One host address with its prefix length, as `ip address add` takes it.  Made by
+    `parse`, `of`, `from_packed` or `span` below, which keep `text` canonical."""
 
     version: int  # 4 or 6
     value: int  # the address as an integer
@@ -117,7 +118,7 @@ def parse(text: str) -> Address:
 
 def span(version: int, first: int, last: int, prefix: int) -> list[Address]:
     """The addresses first..last (inclusive), all with `prefix`, in order; texts made in bulk
-    (65,536 addresses in a few tens of milliseconds)."""
+    (65,536 addresses in about 0.1 s, twice the time the texts alone take)."""
     if version == 4:
         p = prefix
         texts = [f"{i >> 24}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/{p}" for i in range(first, last + 1)]
