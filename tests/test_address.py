@@ -43,6 +43,11 @@ def _iface(a: Address) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
 @example("10.0.0.1")
 @example("0.0.0.0/0")
 @example("fe80::1%eth0/64")
+@example("10.0.0.1\x00/32")
+@example("\ud800/32")
+@example("1.2.3/24")
+@example("١.٢.٣.٤/24")
+@example("10.0.0.1/32/")
 def test_parse_gives_what_ipaddress_reads_or_refuses(text: str) -> None:
     ref = _reference(text)
     if ref is None or "/" not in text or getattr(ref, "scope_id", None) is not None:
