@@ -1,7 +1,7 @@
 """Run one of the project's real DRBD driver calls and print the result as JSON.
 
 `python -m lab.drive read|primary|secondary RESOURCE DEVICE`, run inside a lab VM
-through `exec` with GUEST_ENV, so that tests assert on what the driver itself observed and
+through `exec` with the layout's `guest_env`, so that tests assert on what the driver itself observed and
 returned.  Exit 0 when JSON was printed (the outcome is in it), 2 on bad arguments.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from reconciler.execute import drbd as drbd_exec
@@ -18,9 +17,7 @@ from reconciler.observe.drbd import DrbdObserveError, read_drbd
 from reconciler.spec.models import DrbdResource
 
 # `lab` is not installed: the VMs see the checkout at the same path (the host's root over
-# 9p), and `python -m lab.drive` finds it through PYTHONPATH.
-ROOT_DIR = str(Path(__file__).resolve().parents[1])
-GUEST_ENV = {"PYTHONPATH": ROOT_DIR}
+# 9p), and `python -m lab.drive` finds it through PYTHONPATH (Layout.guest_env).
 
 
 def drive(verb: str, res: DrbdResource) -> dict[str, Any]:

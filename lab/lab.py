@@ -33,6 +33,9 @@ class Journal:
     files: list[str] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)
     qemu: dict[str, int] = field(default_factory=dict)
+    # [PID, start time] of the process the lab lives and dies with (a test run); None for a
+    # lab brought up from the command line, which stays up until `down`.
+    owner: list[int] | None = None
 
     @classmethod
     def load(cls, path: Path) -> Journal | None:
@@ -63,9 +66,45 @@ def _link_exists(name: str, netns: str | None = None) -> bool:
     return _cmd.run(["ip", *(["-n", netns] if netns else []), "link", "show", "dev", name], timeout=10).ok
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(owner: list[int] | None) -> bool:
+    return bool(owner) and _start_time(owner[0]) == owner[1]
+
+
+def _qemu_of(name: str) -> list[tuple[int, Path]]:
+    """(PID, pidfile) of every running qemu this lab name started, whatever its state dir."""
+    wanted = {f"{name}-{n.name}" for n in NODES}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = [a.decode(errors="replace") for a in f.read().split(b"\0")]
+        except OSError:
+            continue
+        if not args or os.path.basename(args[0]) != vm.QEMU:
+            continue
+        opts = dict(zip(args[1:], args[2:]))
+        if opts.get("-name") in wanted and "-pidfile" in opts:
+            found.append((int(entry), Path(opts["-pidfile"])))
+    return found
+
+
 class Lab:
-    def __init__(self, layout: Layout):
+    def __init__(self, layout: Layout, owned: bool = False):
+        """`owned`: the lab lives as long as this process (tests); a later `up` of the same
+        name removes it once this process is gone, whatever killed it."""
         self.lay = layout
+        self.owned = owned
 
     # -- up ------------------------------------------------------------------------------------
 
@@ -73,7 +112,7 @@ class Lab:
         """Build everything and wait until both agents answer; seconds taken.  Cleans up on failure."""
         started = time.monotonic()
         self._preflight()
-        j = Journal()
+        j = Journal(owner=[os.getpid(), _start_time(os.getpid()) or 0] if self.owned else None)
         try:
             self._state_dir(j)
             kernel, vmlinuz = initrd.find_kernel()
@@ -97,6 +136,7 @@ class Lab:
                 raise LabError(f"{prog} not found: apt-get install --no-install-recommends qemu-system-x86 iproute2")
         if not os.path.exists(initrd.BUSYBOX):
             raise LabError(f"{initrd.BUSYBOX} missing: apt-get install busybox-static")
+        self.reap_leftovers()
         if self.lay.journal.exists():
             raise LabError(f"a lab is already up in {self.lay.state} (run `down` first)")
         if _netns_exists(self.lay.netns) or _link_exists(self.lay.host_veth):
@@ -105,6 +145,38 @@ class Lab:
         if _cmd.run(["ip", "-o", "addr", "show", "to", mgmt], timeout=10).stdout.strip():
             raise LabError(f"{mgmt} is already in use on a host interface (another lab named like "
                            f"{self.lay.name!r}, or a leftover: `python -m lab down` with its state dir)")
+
+    def reap_leftovers(self) -> list[str]:
+        """Remove what an earlier lab of this name left behind when the process it lived
+        with is gone (a test run killed by SIGKILL, or interrupted before its teardown).
+        A lab brought up from the command line (no owner) or one whose owner still runs is
+        left alone: `up` then refuses as before.  What was removed, for the log."""
+        done: list[str] = []
+        states = {self.lay.state}
+        for _pid, pidfile in _qemu_of(self.lay.name):
+            states.add(pidfile.parent.parent)
+        for state in sorted(states):
+            other = Lab(Layout(self.lay.name, state, self.lay.code))
+            try:
+                j = Journal.load(other.lay.journal)
+            except LabError:
+                continue
+            if j is not None and j.owner is not None and not _alive(j.owner):
+                done += other.down()
+        if not _qemu_of(self.lay.name) and self._netns_orphaned():
+            # The pieces are named after the lab and no qemu or live journal uses them.
+            for argv in (["ip", "netns", "del", self.lay.netns], ["ip", "link", "del", self.lay.host_veth]):
+                if _cmd.run(argv, timeout=15).ok:
+                    done.append(" ".join(argv[1:]))
+        return done
+
+    def _netns_orphaned(self) -> bool:
+        if not (_netns_exists(self.lay.netns) or _link_exists(self.lay.host_veth)):
+            return False
+        if self.lay.journal.exists():
+            return False
+        # The netns holds the lab's bridges and taps and nothing else: taps r1/m1 prove it is ours.
+        return _link_exists("br-r", self.lay.netns) and _link_exists("r1", self.lay.netns)
 
     def _record(self, j: Journal, file: Path | None = None, dir_: Path | None = None) -> None:
         if file is not None:

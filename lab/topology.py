@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -23,6 +24,10 @@ REPL_NET = "10.0.0"
 DISK_MB = 256
 MEM_MB = 512
 DRBD_DISK = "/dev/vda"  # the only virtio disk in each VM: the DRBD backing device
+CHECKOUT = Path(__file__).resolve().parents[1]
+# A host path shown to the guest goes on the kernel command line and into an overlay
+# mount option: nothing that either would split.
+GUEST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@=-]*$")
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,40 @@ class Layout:
 
     name: str
     state: Path
+    # The checkout whose lab/agent.py and reconciler/ the guests run (another copy in tests).
+    code: Path = field(default=CHECKOUT)
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
             raise ValueError(f"invalid lab name {self.name!r} (allowed: {NAME_RE.pattern})")
         if not self.state.is_absolute():
             raise ValueError(f"lab state directory must be absolute: {self.state}")
+        if not self.code.is_absolute():
+            raise ValueError(f"lab code directory must be absolute: {self.code}")
+
+    @property
+    def agent(self) -> Path:
+        """The guest's PID-1 loop runs this file (with the guest's /usr/bin/python3 -I)."""
+        return self.code / "lab" / "agent.py"
+
+    @property
+    def guest_env(self) -> dict[str, str]:
+        """Environment for `python -m lab.drive` / `-m reconciler` run inside a guest."""
+        return {"PYTHONPATH": str(self.code)}
+
+    @property
+    def guest_keep(self) -> tuple[str, ...]:
+        """Host directories the guest must see at the same path: the code and the venv.
+
+        The guest mounts fresh tmpfs on /tmp and /run (a host's /run would make its tools
+        believe systemd runs), so a checkout or venv under either is re-shown there from
+        the host's root (see lab.initrd).  Nested paths collapse into their parent."""
+        paths = sorted({os.path.normpath(str(self.code)), os.path.normpath(sys.prefix)})
+        kept: list[str] = []
+        for p in paths:
+            if not any(p == k or p.startswith(k.rstrip("/") + "/") for k in kept):
+                kept.append(p)
+        return tuple(kept)
 
     @property
     def netns(self) -> str:

@@ -14,19 +14,22 @@ from pathlib import Path
 
 from lab.agent import PORT_NAME
 from lab.client import LabError
-from lab.topology import MEM_MB, Layout, Node
+from lab.topology import GUEST_PATH_RE, MEM_MB, Layout, Node
 from reconciler import _cmd
 
 QEMU = "qemu-system-x86_64"
-AGENT = str(Path(__file__).with_name("agent.py"))
 
 
 def qemu_argv(lay: Layout, n: Node, kernel: str) -> list[str]:
-    d = lay.node_dir(n)
+    for path in (str(lay.agent), *lay.guest_keep):
+        if not GUEST_PATH_RE.match(path) or "/../" in path + "/":
+            raise LabError(f"the lab cannot show {path} to its guests (kernel command line and "
+                           f"overlay options allow only {GUEST_PATH_RE.pattern}): clone elsewhere")
+    if any(c.isspace() or c == "," for c in str(lay.node_dir(n))):
+        raise LabError(f"the lab state directory cannot hold spaces or commas: {lay.node_dir(n)}")
     append = (f"console=ttyS0 panic=-1 quiet lab.host={n.name} lab.repl={n.repl_ip}/24 "
-              f"lab.mgmt={n.mgmt_ip(lay.mgmt_net)}/24 lab.agent={AGENT}")
-    if any(c.isspace() for c in AGENT + str(d)):
-        raise LabError(f"paths with spaces cannot go on the kernel command line: {AGENT}, {d}")
+              f"lab.mgmt={n.mgmt_ip(lay.mgmt_net)}/24 lab.agent={lay.agent} "
+              f"lab.keep={','.join(lay.guest_keep)}")
     return [
         QEMU, "-name", f"{lay.name}-{n.name}", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1",
         "-m", str(MEM_MB), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
+from types import FrameType
 
 import pytest
 
 REQUIRE_ALL = os.environ.get("RECONCILER_REQUIRE_ALL") == "1"
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI timeout, `kill`) ends the run like Ctrl-C does: pytest then runs every
+    # fixture's teardown, so VMs, namespaces and servers the tests started go with it.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
 
 
 def need(ok: bool, reason: str) -> None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.client import ExecResult, LabError
-from lab.drive import GUEST_ENV
 from lab.lab import Lab
 from lab.provision import CONFIG_PATH, DEVICE, RESOURCE, observe, provision, resource_config
 from lab.topology import layout_from_env
@@ -135,7 +134,7 @@ def split_brain(c: Capture) -> None:
         c.save(f"dmesg_split_brain.{n}", n, ["dmesg"], "kernel log after the split brain")
         c.save(f"kmsg_split_brain.{n}", n, KMSG, "/dev/kmsg records containing drbd (read_kmsg)")
         c.save(f"drive_read_split_brain.{n}", n, [PY, "-m", "lab.drive", "read", RESOURCE, DEVICE],
-               "the project's read_drbd, run in the VM", env=GUEST_ENV)
+               "the project's read_drbd, run in the VM", env=c.lab.lay.guest_env)
 
 
 README_HEAD = """# Real DRBD 8.4 output, captured in the project's VM lab

@@ -85,7 +85,7 @@ class Run:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     _need_lab()
     tmp = tmp_path_factory.mktemp("e2e")
-    lab = Lab(Layout("rlabe2e", tmp / "lab"))
+    lab = Lab(Layout("rlabe2e", tmp / "lab"), owned=True)
     r = Run(lab, LabCluster(lab), tmp)
     t0 = time.monotonic()
     try:

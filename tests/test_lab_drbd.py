@@ -3,11 +3,16 @@
 lab up -> provision -> `python -m lab.drive` (read_drbd / primary / secondary)
 inside the VMs -> cut/restore mx2's replication link -> lab down.  Every assertion is on
 what the driver observed or returned in the VM.
+
+The guests run a copy of the checkout made under /tmp (pytest's temporary directory), which
+they mount over with a fresh tmpfs: this tier proves the lab works from a clone under /tmp
+wherever this checkout itself lives.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -17,10 +22,9 @@ from typing import Any
 import pytest
 
 from lab.client import LabError
-from lab.drive import GUEST_ENV
 from lab.lab import Lab
 from lab.provision import DEVICE, RESOURCE, observe, provision
-from lab.topology import Layout
+from lab.topology import CHECKOUT, Layout
 from reconciler.execute.drbd import RETRY_DELAYS_S
 from tests.conftest import need_lab
 
@@ -32,7 +36,11 @@ MNT = "/mnt/r0"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     need_lab()
-    lab = Lab(Layout("rlabtest", tmp_path_factory.mktemp("lab")))
+    code = tmp_path_factory.mktemp("checkout")
+    assert str(code).startswith("/tmp/"), code
+    for pkg in ("lab", "reconciler"):
+        shutil.copytree(CHECKOUT / pkg, code / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    lab = Lab(Layout("rlabtest", tmp_path_factory.mktemp("lab"), code), owned=True)
     t0 = time.monotonic()
     try:
         print(f"\nlab up {lab.up():.1f} s")
@@ -45,7 +53,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def drive(lab: Lab, node: str, verb: str) -> dict[str, Any]:
-    r = lab.exec(node, [PY, "-m", "lab.drive", verb, RESOURCE, DEVICE], timeout=120, env=GUEST_ENV).check()
+    r = lab.exec(node, [PY, "-m", "lab.drive", verb, RESOURCE, DEVICE], timeout=120, env=lab.lay.guest_env).check()
     return dict(json.loads(r.stdout))
 
 
@@ -56,6 +64,15 @@ def wait_connection(lab: Lab, want: dict[str, str], timeout: float = 60.0) -> fl
             raise LabError(f"timed out waiting for {want}")
         time.sleep(0.5)
     return time.monotonic() - t0
+
+
+def test_guests_run_the_checkout_copied_under_tmp(lab: Lab) -> None:
+    # The agent answering already shows lab/agent.py was found under /tmp; the project's code
+    # imported in the guest must be that copy too, not the host checkout's.
+    probe = "import lab.drive, reconciler; print(lab.drive.__file__); print(reconciler.__file__)"
+    for n in ("mx1", "mx2"):
+        out = lab.exec(n, [PY, "-c", probe], timeout=60, env=lab.lay.guest_env).check().stdout.split()
+        assert out == [str(lab.lay.code / "lab" / "drive.py"), str(lab.lay.code / "reconciler" / "__init__.py")]
 
 
 def test_read_after_provision(lab: Lab) -> None:

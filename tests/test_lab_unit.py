@@ -4,8 +4,13 @@ socket, the DRBD resource file, and `up` cleaning up after itself when it fails.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +153,126 @@ def test_failed_up_removes_everything_it_made(tmp_path: Path, monkeypatch: pytes
     assert not os.path.exists(f"/run/netns/{lay.netns}")
     assert not lab_mod._link_exists(lay.host_veth)
     assert Lab(lay).down() == []
+
+
+def test_a_checkout_and_venv_under_tmp_or_run_are_shown_to_the_guests(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guests mount fresh tmpfs on /tmp and /run; what the lab needs from there (its
+    # agent, the code on PYTHONPATH, the venv's python) goes on the command line to be shown again.
+    lay = Layout("rlabunit", Path("/run/x"), Path("/tmp/clone"))
+    monkeypatch.setattr("sys.prefix", "/tmp/clone/.venv")
+    assert lay.guest_keep == ("/tmp/clone",)
+    monkeypatch.setattr("sys.prefix", "/run/venvs/rc")
+    assert lay.guest_keep == ("/run/venvs/rc", "/tmp/clone")
+    argv = vm.qemu_argv(lay, node("mx1"), "/boot/vmlinuz")
+    append = argv[argv.index("-append") + 1].split()
+    assert "lab.agent=/tmp/clone/lab/agent.py" in append
+    assert "lab.keep=/run/venvs/rc,/tmp/clone" in append
+    assert lay.guest_env == {"PYTHONPATH": "/tmp/clone"}
+    init = initrd.LAB_INIT
+    assert init.index("mount -t tmpfs -o mode=1777 tmpfs /tmp") < init.index('lowerdir=/.host$p')
+    for bad in ("/tmp/a b", "/tmp/a,b", "/tmp/a:b"):
+        with pytest.raises(LabError, match="cannot show"):
+            vm.qemu_argv(Layout("rlabunit", Path("/run/x"), Path(bad)), node("mx1"), "/boot/vmlinuz")
+
+
+def _dead_owner() -> list[int]:
+    p = subprocess.Popen(["true"])
+    start = lab_mod._start_time(p.pid)
+    p.wait()
+    assert start is not None
+    return [p.pid, start]
+
+
+def test_up_removes_what_a_killed_run_of_its_name_left_and_nothing_live(tmp_path: Path) -> None:
+    # A test run killed by SIGKILL leaves its daemonized qemu and its netns: the next `up` of
+    # the same name (from another temporary directory) removes them; a lab whose owner still
+    # runs, or one brought up from the command line, is not touched.
+    need_netns()
+    need(shutil.which(vm.QEMU) is not None, "needs qemu-system-x86")
+    name = "rlabunit"
+    old = Layout(name, tmp_path / "old")
+    j = lab_mod.Journal()
+    Lab(old)._state_dir(j)
+    try:
+        Lab(old)._network(j)
+        (old.state / "mx1").mkdir(mode=0o700)
+        j.dirs.append(str(old.state / "mx1"))
+        pidfile = old.pidfile(node("mx1"))
+        j.files.append(str(pidfile))
+        subprocess.run([vm.QEMU, "-name", f"{name}-mx1", "-machine", "none", "-nodefaults", "-no-user-config",
+                        "-display", "none", "-pidfile", str(pidfile), "-daemonize"], check=True, timeout=30)
+        pid = vm.read_pid(pidfile)
+        assert pid is not None and vm.is_ours(pid, pidfile)
+        j.qemu["mx1"] = pid
+        new = Lab(Layout(name, tmp_path / "new"))
+        for owner in ([os.getpid(), lab_mod._start_time(os.getpid()) or 0], None):
+            j.owner = owner
+            j.save(old.journal)
+            assert new.reap_leftovers() == []
+            assert vm.is_ours(pid, pidfile) and os.path.exists(f"/run/netns/{name}")
+        j.owner = _dead_owner()
+        j.save(old.journal)
+        removed = new.reap_leftovers()
+        assert f"qemu mx1 (PID {pid})" in removed and f"netns {name}" in removed
+        assert not vm.is_ours(pid, pidfile)
+        assert not os.path.exists(f"/run/netns/{name}") and not lab_mod._link_exists(old.host_veth)
+        assert not old.state.exists()
+    finally:
+        Lab(old).down()
+
+
+def test_an_orphaned_netns_of_the_labs_name_is_removed_by_the_next_up(tmp_path: Path) -> None:
+    need_netns()
+    lay = Layout("rlabunit", tmp_path / "gone")
+    j = lab_mod.Journal()
+    Lab(lay)._state_dir(j)
+    try:
+        Lab(lay)._network(j)
+        lay.journal.unlink()  # its state directory went with the killed run's temporary files
+        assert Lab(Layout("rlabunit", tmp_path / "new")).reap_leftovers()
+        assert not os.path.exists("/run/netns/rlabunit") and not lab_mod._link_exists(lay.host_veth)
+    finally:
+        subprocess.run(["ip", "netns", "del", "rlabunit"], capture_output=True, timeout=15)
+        subprocess.run(["ip", "link", "del", lay.host_veth], capture_output=True, timeout=15)
+
+
+SIGTERM_RUN = '''
+import os, subprocess, time
+import pytest
+
+@pytest.fixture(scope="module")
+def ns():
+    subprocess.run(["ip", "netns", "add", NAME], check=True)
+    try:
+        yield NAME
+    finally:
+        subprocess.run(["ip", "netns", "del", NAME], check=True)
+
+def test_waits(ns):
+    open(READY, "w").close()
+    time.sleep(60)
+'''
+
+
+def test_sigterm_to_a_test_run_runs_the_teardowns(tmp_path: Path) -> None:
+    # What a VM test starts goes with the run when CI's timeout or `kill` sends SIGTERM.
+    need_netns()
+    name, ready = f"rcsig{os.getpid() % 100000}", tmp_path / "ready"
+    (tmp_path / "test_term.py").write_text(f"NAME = {name!r}\nREADY = {str(ready)!r}\n" + SIGTERM_RUN)
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
+                          "--rootdir", str(tmp_path), str(tmp_path / "test_term.py")], cwd=root,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.1)
+        assert ready.exists(), p.communicate(timeout=30)[0].decode()
+        p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=60)[0].decode()
+        assert "terminated by signal 15" in out
+        assert not os.path.exists(f"/run/netns/{name}")
+    finally:
+        p.kill()
+        p.wait()
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=15)
