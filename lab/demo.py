@@ -12,6 +12,7 @@ down again (always).  Takes 5-8 minutes: everything in the VMs runs under TCG em
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,8 +37,15 @@ def show(c: LabCluster, node: str, *args: str) -> None:
     print(f"(exit status {r.rc})", flush=True)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
 def run_real_drbd_demo() -> int:
-    lab = Lab(Layout(NAME, STATE))
+    # The demo's lab lives only as long as this process: SIGTERM unwinds through `down` like
+    # Ctrl-C, and after a SIGKILL the next demo's `up` removes what was left.
+    signal.signal(signal.SIGTERM, _terminated)
+    lab = Lab(Layout(NAME, STATE), owned=True)
     c = LabCluster(lab)
     writer: Writer | None = None
     t_start = time.monotonic()
