@@ -76,7 +76,7 @@ def _start_time(pid: int) -> int | None:
 
 
 def _alive(owner: list[int] | None) -> bool:
-    return bool(owner) and _start_time(owner[0]) == owner[1]
+    return owner is not None and _start_time(owner[0]) == owner[1]
 
 
 def _qemu_of(name: str) -> list[tuple[int, Path]]:
