@@ -119,7 +119,7 @@ def _drop(sock: socket.socket) -> None:
 
 class _Server(socketserver.TCPServer):
     allow_reuse_address = True
-    request_queue_size = 64
+    request_queue_size = 1024  # a burst of connects waits in the kernel (no descriptor) rather than being dropped
 
     def __init__(self, host: str, port: int, secret: bytes, get_snapshot: SnapshotSource,
                  metrics: MetricsSource | None = None, peers: PeerAddresses = (),
