@@ -32,20 +32,26 @@ def server() -> Iterator[PeerServer]:
         srv.stop()
 
 
-def _connect(port: int, source: str = HOST) -> socket.socket:
+def _connect(port: int, source: str = HOST) -> socket.socket | None:
+    """A connected socket, or None when the server reset it before connect() returned."""
     s = socket.socket()
     try:
         s.settimeout(2.0)
         s.bind((source, 0))
         s.connect((HOST, port))
+    except ConnectionResetError:
+        s.close()
+        return None
     except BaseException:
         s.close()
         raise
     return s
 
 
-def _answer(s: socket.socket, request: bytes = b"GET /healthz HTTP/1.0\r\n\r\n", wait: float = 2.0) -> bytes:
+def _answer(s: socket.socket | None, request: bytes = b"GET /healthz HTTP/1.0\r\n\r\n", wait: float = 2.0) -> bytes:
     """Send `request`, read to EOF (or `wait` s); a reset counts as no answer."""
+    if s is None:
+        return b""
     s.settimeout(wait)
     chunks = []
     try:
@@ -57,16 +63,16 @@ def _answer(s: socket.socket, request: bytes = b"GET /healthz HTTP/1.0\r\n\r\n",
     except OSError as e:
         if e.errno not in (errno.ECONNRESET, errno.EPIPE):
             raise
+    finally:
+        s.close()
     return b"".join(chunks)
 
 
 def test_loopback_is_answered_another_local_source_is_not(server: PeerServer) -> None:
-    with _connect(server.port) as ok:
-        assert _answer(ok).startswith(b"HTTP/1.0 200"), "127.0.0.1 must be answered"
-    with _connect(server.port, "127.0.0.2") as stranger:
-        t0 = time.monotonic()
-        reply = _answer(stranger)
-        elapsed = time.monotonic() - t0
+    assert _answer(_connect(server.port)).startswith(b"HTTP/1.0 200"), "127.0.0.1 must be answered"
+    t0 = time.monotonic()
+    reply = _answer(_connect(server.port, "127.0.0.2"))
+    elapsed = time.monotonic() - t0
     assert reply == b"", f"a connection from 127.0.0.2 was answered: {reply[:80]!r}"
     assert elapsed < 1.0, f"the refused connection was held {elapsed:.2f} s, not closed at accept"
 
@@ -75,10 +81,11 @@ def test_a_fifth_request_from_one_source_is_refused_and_the_others_still_served(
     held: list[socket.socket] = []
     try:
         for _ in range(4):  # silent: each holds a handler until the deadline
-            held.append(_connect(server.port))
+            s = _connect(server.port)
+            assert s is not None, "one of the first 4 connections was reset"
+            held.append(s)
         time.sleep(0.3)
-        with _connect(server.port) as fifth:
-            reply = _answer(fifth, wait=1.0)
+        reply = _answer(_connect(server.port), wait=1.0)
         assert reply == b"", f"a 5th concurrent connection from 127.0.0.1 was answered: {reply[:80]!r}"
     finally:
         for s in held:
@@ -95,7 +102,9 @@ def test_a_fifth_request_from_one_source_is_refused_and_the_others_still_served(
 def test_a_byte_a_second_is_cut_off_at_the_whole_request_deadline(server: PeerServer) -> None:
     """The 5 s deadline runs from accept; a read timeout of 5 s would never fire here."""
     request = b"GET /healthz HTTP/1.0\r\nX-Pad: " + b"a" * 64
-    with _connect(server.port) as s:
+    s = _connect(server.port)
+    assert s is not None
+    with s:
         t0 = time.monotonic()
         cut_at: float | None = None
         reply = b""
