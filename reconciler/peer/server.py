@@ -15,11 +15,12 @@ Anyone who can reach the port must not be able to starve the agent, so:
   outside, so only the peer is answered from the network.
 - **How many at once**: at most `MAX_PER_SOURCE` requests in flight per source address;
   one more from that source is closed at accept.  So at most MAX_PER_SOURCE x (number of
-  allowed addresses, 4 at most) handler threads and sockets exist at any time, far below
-  RLIMIT_NOFILE, and a flood from this host cannot take the peer's slots.
+  allowed addresses: 4 with one peer) handler threads and sockets exist at any time, far
+  below RLIMIT_NOFILE, and a flood from this host cannot take the peer's slots.
 - **How long**: one deadline per connection, `deadline_s` from accept, for reading the
   request line, headers and body and for writing the reply; a client that sends one byte
-  a second is cut off there, not after 5 s of silence per read.
+  a second is cut off there, not after 5 s of silence per read.  Making the snapshot is
+  not interrupted, but a reply whose deadline passed meanwhile is not sent.
 """
 
 from __future__ import annotations
