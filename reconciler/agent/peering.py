@@ -6,6 +6,11 @@ planner then waits on every guard that needs the peer, and never assumes it Seco
 The fetch timeout is 1 s; RECONCILER_PEER_TIMEOUT_S overrides it for machines where one
 observation takes longer than that (the peer observes afresh for each request when its
 snapshot is older than 0.5 s), e.g. the qemu/TCG lab, where it takes 2-5 s.
+
+Serving: the peer server answers only the peer's address (`PeerLink.addresses`, re-read at
+each accept, so a reloaded spec takes effect) and this host, and gives each request one
+deadline from accept (`serve_deadline`): 5 s, or the fetch timeout when that is longer (both
+nodes are expected to run with the same RECONCILER_PEER_TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 
 from reconciler.model import NodeObservation
 from reconciler.peer import fetch_peer, load_secret
+from reconciler.peer.server import REQUEST_DEADLINE_S
 from reconciler.spec import LoadedSpec
 
 log = logging.getLogger("reconciler.peer")
@@ -32,6 +38,11 @@ def default_timeout() -> float:
     return value if 0 < value <= 300 else DEFAULT_TIMEOUT_S
 
 
+def serve_deadline() -> float:
+    """The peer server's whole-request deadline: no shorter than the peer's fetch timeout."""
+    return max(REQUEST_DEADLINE_S, default_timeout())
+
+
 class PeerLink:
     def __init__(self, spec: LoadedSpec, node: str, timeout: float | None = None) -> None:
         self.timeout = default_timeout() if timeout is None else timeout
@@ -45,6 +56,11 @@ class PeerLink:
         self.port = s.agent.peer_port
         self._secret_file = s.agent.peer_secret_file
         self.secret: bytes | None = None
+
+    def addresses(self) -> list[str]:
+        """The addresses the peer server answers besides this host's: the peer's, if any."""
+        host = self.host
+        return [host] if host else []
 
     def fetch(self) -> NodeObservation | None:
         if self.peer is None or self.host is None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from reconciler.agent import logs
 from reconciler.agent.loop import Acted, Converged, Loop, Observe, OperatorNeeded, Outcome, Retrying, Waiting
 from reconciler.agent.metrics import Metrics
-from reconciler.agent.peering import PeerLink
+from reconciler.agent.peering import PeerLink, serve_deadline
 from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.source import FileSource, SourceError, SpecSource, stamp
 from reconciler.agent.state import RevisionState, revision_label, short
@@ -115,7 +115,7 @@ class Agent:
             return
         metrics = self.metrics.exposition if s.agent.metrics else None
         server = self._server = PeerServer(s.nodes[self.node].address, s.agent.peer_port, secret, self.snapshot,
-                                           metrics)
+                                           metrics, peers=self.peer.addresses, deadline_s=serve_deadline())
         server.start()
 
     # ---- the spec source --------------------------------------------------------------------
