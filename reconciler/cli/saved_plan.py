@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from typing import Any
 
+from reconciler import safefile
 from reconciler.agent import logs
 from reconciler.agent.loop import Admit, Converged, Loop
 from reconciler.agent.peering import PeerLink
@@ -69,13 +69,8 @@ def write_saved(path: str, p: Plan, source: SpecSource, spec: LoadedSpec, own: N
     doc = {"kind": KIND, "saved_format": SAVED_FORMAT, "node": p.node, "source": sources.to_doc(source, spec),
            "spec_digest": spec.digest, "revision": spec.revision, "observed_fingerprint": fp,
            "plan": json.loads(render.to_json(p, s.cluster, s.primary, spec.digest, fp))}
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+    try:  # a fresh random temporary name, O_EXCL|O_NOFOLLOW: nothing planted there is followed
+        safefile.write_file(path, (json.dumps(doc, indent=2) + "\n").encode(), 0o600)
     except OSError as e:
         raise UserError(f"{path}: cannot write the saved plan: {e.strerror or e}") from None
 
