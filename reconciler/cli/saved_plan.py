@@ -91,7 +91,7 @@ def read_saved(path: str) -> dict[str, Any] | None:
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         return None
     if doc.get("saved_format") != SAVED_FORMAT:
-        raise UserError(f"{path}: saved plan format {doc.get('saved_format')!r}, this reconciler reads {SAVED_FORMAT}")
+        raise UserError(f"{path}: saved_format is not {SAVED_FORMAT}, the one format this reconciler reads")
     missing = [k for k in ("node", "source", "spec_digest", "observed_fingerprint", "plan") if k not in doc]
     if missing or not isinstance(doc["plan"], dict) or not isinstance(doc["plan"].get("changes"), list):
         raise UserError(f"{path}: not a complete saved plan (missing {', '.join(missing) or 'plan.changes'})")

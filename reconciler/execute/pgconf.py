@@ -17,13 +17,14 @@ from collections.abc import Iterator
 
 from reconciler import safefile
 from reconciler.observe.pgparse import guc_key
-from reconciler.pgrun import OWNED_CONF, PASSFILE, STANDBY_SIGNAL, Owner
+from reconciler.pgrun import OWNED_CONF, PASSFILE, STANDBY_SIGNAL, Owner, PostgresError
 from reconciler.spec.models import Postgres
 
 OWNED_KEYS = ("port", "primary_conninfo", "primary_slot_name", "recovery_target_timeline", "wal_log_hints",
               "unix_socket_directories")
 INCLUDE_LINE = f"include_if_exists = '{OWNED_CONF}'"
 SOURCE_CONNECT_TIMEOUT_S = 5
+MAX_PASSWORD_BYTES = 4096
 
 
 def guc_quote(value: str) -> str:
@@ -71,8 +72,22 @@ def read_password(cfg: Postgres) -> str | None:
     """The replication password from `cfg.password_file` (first line), or None."""
     if cfg.password_file is None:
         return None
-    with open(cfg.password_file) as f:
-        return f.readline().rstrip("\r\n") or None
+    path = cfg.password_file
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there must not hang us
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PostgresError(f"{path}: the password file is not a regular file")
+        data = os.read(fd, MAX_PASSWORD_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PASSWORD_BYTES:
+        raise PostgresError(f"{path}: the password file is longer than {MAX_PASSWORD_BYTES} bytes")
+    try:  # errors never quote the file: not even the byte a decoder stopped at
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PostgresError(f"{path}:{line}: the password file is not valid UTF-8") from None
+    return text.split("\n", 1)[0].rstrip("\r") or None
 
 
 def render_passfile(user: str, password: str) -> str:
