@@ -241,3 +241,32 @@ def test_a_refused_ips_file_stays_out_of_the_log_and_the_state_file(tmp_path, ca
     assert f"{ips}:2:1" in caplog.text
     for text in (caplog.text, Path(state_path(state, "mx1")).read_text()):
         assert "S3cr3tSalt" not in text and "19000" not in text
+
+
+def test_password_file_errors_never_quote_it(tmp_path):
+    from reconciler.pgrun import PostgresError
+    from reconciler.spec.models import Postgres
+
+    pw = tmp_path / "replication.pw"
+    pw.write_bytes(b"s3cr\xe9t-\xff-password\nsecond line\n")
+    cfg = Postgres(data_dir=str(tmp_path / "data"), password_file=str(pw))
+    with pytest.raises(PostgresError) as e:
+        pgconf.read_password(cfg)
+    assert str(e.value) == f"{pw}:1: the password file is not valid UTF-8"
+    pw.write_text("good-password\r\nsecond line\n")
+    assert pgconf.read_password(cfg) == "good-password"
+    os.unlink(pw)
+    os.mkfifo(pw)
+    with pytest.raises(PostgresError, match="not a regular file"):
+        pgconf.read_password(cfg)
+
+
+def test_a_saved_plan_of_another_format_is_refused_without_quoting_it(tmp_path):
+    from reconciler.cli.common import UserError
+    from reconciler.cli.saved_plan import read_saved
+
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps({"kind": "reconciler-saved-plan", "saved_format": SECRET}))
+    with pytest.raises(UserError) as e:
+        read_saved(str(p))
+    assert "saved_format is not 1" in str(e.value) and "S3cr3tSalt" not in str(e.value)
