@@ -1,23 +1,31 @@
 """The agent's revisions, as Flux reports them: last attempted (the newest spec it read,
 valid or not) and last applied (the newest it converged on).  Kept in memory and, with a
 state directory, in DIR/state-NODE.json (replaced atomically) for `reconciler status`.
+The file is mode 0600 in a directory of mode 0700 (created so, tightened if looser and
+ours); both written and read through `reconciler.safefile` (no link followed).
 A revision is the git commit, or `sha256:<spec digest>` for a plain file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import tempfile
+import stat
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+
+from reconciler import safefile
 
 log = logging.getLogger("reconciler")
 
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
 STATE_FORMAT = 1
+STATE_MODE, STATE_DIR_MODE = 0o600, 0o700
+MAX_STATE_BYTES = 1 << 20
 
 
 @dataclass
@@ -48,10 +56,31 @@ def state_path(state_dir: str, node: str) -> str:
     return os.path.join(state_dir, f"state-{node}.json")
 
 
-def read_state(state_dir: str, node: str) -> Revisions | None:
+@contextlib.contextmanager
+def private_dir(path: str) -> Iterator[int]:
+    """A descriptor of the state directory `path`: created mode 0700 (its parents as the umask
+    allows), set to 0700 when it is ours and looser; its last component is never a link."""
     try:
-        with open(state_path(state_dir, node)) as f:
-            doc = json.load(f)
+        os.mkdir(path, STATE_DIR_MODE)
+    except FileNotFoundError:
+        os.makedirs(path, STATE_DIR_MODE, exist_ok=True)
+    except FileExistsError:
+        pass
+    with safefile.directory(path) as dfd:
+        st = os.fstat(dfd)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.fchmod(dfd, stat.S_IMODE(st.st_mode) & STATE_DIR_MODE)
+        yield dfd
+
+
+def read_state(state_dir: str, node: str) -> Revisions | None:
+    folder, name = safefile.split_real(state_path(state_dir, node))
+    try:
+        with safefile.directory(folder) as dfd:
+            got = safefile.read(dfd, name, MAX_STATE_BYTES)
+        if got is None:
+            return None
+        doc = json.loads(got[0])
         doc.pop("format", None)
         return Revisions(**doc)
     except (OSError, ValueError, TypeError):
@@ -96,13 +125,9 @@ class RevisionState:
         if self.state_dir is None:
             return
         try:
-            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.state_dir)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"format": STATE_FORMAT, **asdict(self.rev)}, f, indent=2)
-                f.write("\n")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, state_path(self.state_dir, self.rev.node))
+            data = (json.dumps({"format": STATE_FORMAT, **asdict(self.rev)}, indent=2) + "\n").encode()
+            with private_dir(self.state_dir) as dfd:
+                safefile.replace(dfd, os.path.basename(state_path(self.state_dir, self.rev.node)), data, STATE_MODE)
         except OSError as e:
             if not self._warned:
                 log.warning(f"{self.rev.node}: cannot write the state file in {self.state_dir}: {e.strerror or e}")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from typing import Any
 
+from reconciler import safefile
 from reconciler.agent import logs
 from reconciler.agent.loop import Admit, Converged, Loop
 from reconciler.agent.peering import PeerLink
@@ -69,13 +69,8 @@ def write_saved(path: str, p: Plan, source: SpecSource, spec: LoadedSpec, own: N
     doc = {"kind": KIND, "saved_format": SAVED_FORMAT, "node": p.node, "source": sources.to_doc(source, spec),
            "spec_digest": spec.digest, "revision": spec.revision, "observed_fingerprint": fp,
            "plan": json.loads(render.to_json(p, s.cluster, s.primary, spec.digest, fp))}
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+    try:  # a fresh random temporary name, O_EXCL|O_NOFOLLOW: nothing planted there is followed
+        safefile.write_file(path, (json.dumps(doc, indent=2) + "\n").encode(), 0o600)
     except OSError as e:
         raise UserError(f"{path}: cannot write the saved plan: {e.strerror or e}") from None
 
@@ -96,7 +91,7 @@ def read_saved(path: str) -> dict[str, Any] | None:
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         return None
     if doc.get("saved_format") != SAVED_FORMAT:
-        raise UserError(f"{path}: saved plan format {doc.get('saved_format')!r}, this reconciler reads {SAVED_FORMAT}")
+        raise UserError(f"{path}: saved_format is not {SAVED_FORMAT}, the one format this reconciler reads")
     missing = [k for k in ("node", "source", "spec_digest", "observed_fingerprint", "plan") if k not in doc]
     if missing or not isinstance(doc["plan"], dict) or not isinstance(doc["plan"].get("changes"), list):
         raise UserError(f"{path}: not a complete saved plan (missing {', '.join(missing) or 'plan.changes'})")

@@ -9,18 +9,22 @@ pg_basebackup and pg_rewind copy all of these files from the source: re-render a
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 
+from reconciler import safefile
 from reconciler.observe.pgparse import guc_key
-from reconciler.pgrun import OWNED_CONF, PASSFILE, STANDBY_SIGNAL, Owner
+from reconciler.pgrun import OWNED_CONF, PASSFILE, STANDBY_SIGNAL, Owner, PostgresError
 from reconciler.spec.models import Postgres
 
 OWNED_KEYS = ("port", "primary_conninfo", "primary_slot_name", "recovery_target_timeline", "wal_log_hints",
               "unix_socket_directories")
 INCLUDE_LINE = f"include_if_exists = '{OWNED_CONF}'"
 SOURCE_CONNECT_TIMEOUT_S = 5
+MAX_PASSWORD_BYTES = 4096
 
 
 def guc_quote(value: str) -> str:
@@ -68,8 +72,22 @@ def read_password(cfg: Postgres) -> str | None:
     """The replication password from `cfg.password_file` (first line), or None."""
     if cfg.password_file is None:
         return None
-    with open(cfg.password_file) as f:
-        return f.readline().rstrip("\r\n") or None
+    path = cfg.password_file
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there must not hang us
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PostgresError(f"{path}: the password file is not a regular file")
+        data = os.read(fd, MAX_PASSWORD_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PASSWORD_BYTES:
+        raise PostgresError(f"{path}: the password file is longer than {MAX_PASSWORD_BYTES} bytes")
+    try:  # errors never quote the file: not even the byte a decoder stopped at
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PostgresError(f"{path}:{line}: the password file is not valid UTF-8") from None
+    return text.split("\n", 1)[0].rstrip("\r") or None
 
 
 def render_passfile(user: str, password: str) -> str:
@@ -79,58 +97,55 @@ def render_passfile(user: str, password: str) -> str:
     return f"*:*:*:{esc(user)}:{esc(password)}\n"
 
 
-def atomic_write(path: str, text: str, owner: Owner, mode: int = 0o600) -> bool:
-    """Write `text` to `path` via tmp + fsync + rename, owned by `owner`; False if unchanged."""
-    with contextlib.suppress(FileNotFoundError), open(path) as f:
-        if f.read() == text:
+def atomic_write(path: str, text: str, owner: Owner, mode: int | None = None) -> bool:
+    """Make `path` (in a directory `owner` can write) hold `text`, owned by `owner`; False if
+    unchanged.  Through `reconciler.safefile`: the directory is opened O_NOFOLLOW, the current
+    file read O_NOFOLLOW (a link there is an error, never followed), a new temporary file of a
+    random name created O_EXCL, renamed over `path`.  `mode` None keeps the current file's
+    mode (0600 for a new one)."""
+    folder, name = os.path.split(path)
+    with safefile.directory(folder) as dfd:
+        current = safefile.read(dfd, name)
+        if current is not None and current[0] == text.encode():
             return False
-    tmp = f"{path}.reconciler-tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchown(fd, owner.uid, owner.gid)
-        os.fchmod(fd, mode)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    _fsync_dir(os.path.dirname(path))
+        if mode is None:
+            mode = stat.S_IMODE(current[1].st_mode) if current is not None else 0o600
+        safefile.replace(dfd, name, text.encode(), mode, (owner.uid, owner.gid))
     return True
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _read_lines(path: str) -> list[str] | None:
+    """The lines of the file `path` in the data directory, read O_NOFOLLOW; None if missing."""
+    folder, name = os.path.split(path)
+    with safefile.directory(folder) as dfd:
+        current = safefile.read(dfd, name)
+    return None if current is None else current[0].decode(errors="surrogateescape").splitlines()
 
 
 def ensure_include(data_dir: str, owner: Owner) -> bool:
     """postgresql.conf ends with the include of the owned file (moved there if elsewhere)."""
     path = os.path.join(data_dir, "postgresql.conf")
-    with open(path) as f:
-        lines = f.read().splitlines()
+    lines = _read_lines(path)
+    if lines is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     meaningful = [ln.strip() for ln in lines if guc_key(ln) is not None]
     if meaningful and meaningful[-1] == INCLUDE_LINE:
         return False
     kept = [ln for ln in lines if ln.strip() != INCLUDE_LINE]
     text = "\n".join(kept + ["# Added by reconciler: must stay the last setting.", INCLUDE_LINE]) + "\n"
-    return atomic_write(path, text, owner, os.stat(path).st_mode & 0o777)
+    return atomic_write(path, text, owner)
 
 
 def sanitize_auto_conf(data_dir: str, owner: Owner) -> bool:
     """Drop owned keys from postgresql.auto.conf so that it cannot override the owned file."""
     path = os.path.join(data_dir, "postgresql.auto.conf")
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
+    lines = _read_lines(path)
+    if lines is None:
         return False
     kept = [ln for ln in lines if guc_key(ln) not in OWNED_KEYS]
     if kept == lines:
         return False
-    return atomic_write(path, "\n".join(kept) + "\n", owner, os.stat(path).st_mode & 0o777)
+    return atomic_write(path, "\n".join(kept) + "\n", owner)
 
 
 def write_config(cfg: Postgres, owner: Owner, source: tuple[str, int] | None, node: str) -> None:
@@ -140,21 +155,21 @@ def write_config(cfg: Postgres, owner: Owner, source: tuple[str, int] | None, no
     password = read_password(cfg)
     if password is not None:
         passfile = os.path.join(d, PASSFILE)
-        atomic_write(passfile, render_passfile(cfg.replication_user, password), owner)
+        atomic_write(passfile, render_passfile(cfg.replication_user, password), owner, 0o600)
     conninfo = source_conninfo(cfg, source[0], source[1], node, passfile) if source else ""
-    atomic_write(os.path.join(d, OWNED_CONF), render_owned_conf(cfg, conninfo), owner)
+    atomic_write(os.path.join(d, OWNED_CONF), render_owned_conf(cfg, conninfo), owner, 0o600)
     ensure_include(d, owner)
     sanitize_auto_conf(d, owner)
 
 
 def write_standby_signal(data_dir: str, owner: Owner) -> None:
-    atomic_write(os.path.join(data_dir, STANDBY_SIGNAL), "", owner)
+    atomic_write(os.path.join(data_dir, STANDBY_SIGNAL), "", owner, 0o600)
 
 
 def remove_standby_signal(data_dir: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(data_dir, STANDBY_SIGNAL))
-        _fsync_dir(data_dir)
+    with safefile.directory(data_dir) as dfd:
+        if safefile.unlink(dfd, STANDBY_SIGNAL):
+            os.fsync(dfd)
 
 
 @contextlib.contextmanager
@@ -164,11 +179,15 @@ def temp_passfile(cfg: Postgres, owner: Owner) -> Iterator[str | None]:
     if password is None:
         yield None
         return
-    fd, path = tempfile.mkstemp(prefix="reconciler-", suffix=".pgpass")
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchown(f.fileno(), owner.uid, owner.gid)
-            f.write(render_passfile(cfg.replication_user, password))
-        yield path
-    finally:
-        os.unlink(path)
+    folder = os.path.realpath(tempfile.gettempdir())
+    with safefile.directory(folder) as dfd:
+        fd, name = safefile.create_temp(dfd, "reconciler.pgpass", 0o600)
+        try:
+            try:
+                os.fchown(fd, owner.uid, owner.gid)
+                os.write(fd, render_passfile(cfg.replication_user, password).encode())
+            finally:
+                os.close(fd)
+            yield os.path.join(folder, name)
+        finally:
+            safefile.unlink(dfd, name)

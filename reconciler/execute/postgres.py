@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from reconciler import safefile
 from reconciler.execute import pgconf
 from reconciler.observe import pgparse
 from reconciler.pgrun import Owner, PostgresError, connect, data_owner, pg_bin, postmaster, run_as_owner
@@ -125,7 +126,8 @@ def clone(cfg: Postgres, source_host: str, source_port: int, node: str) -> str:
     if os.listdir(d):
         raise PostgresError(f"refusing to clone: {d} is not empty")
     owner = data_owner(d)
-    os.chmod(d, 0o700)
+    with safefile.directory(d) as dfd:  # fchmod: a link put at `d` is not followed
+        os.fchmod(dfd, 0o700)
     with pgconf.temp_passfile(cfg, owner) as passfile:
         conninfo = pgconf.source_conninfo(cfg, source_host, source_port, node, passfile)
         argv = [pg_bin(cfg, "pg_basebackup"), "-D", d, "-d", conninfo, "-X", "stream", "-c", "fast", "-w"]

@@ -9,14 +9,16 @@ Every edit is checked to change exactly that value; writes are atomic and keep t
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass
 
 import yaml
+
+from reconciler import safefile
 
 MEMO_PREFIX = "# reconciler maintenance: previous primary "
 _MEMO_RE = re.compile(r"[ \t]*#[ \t]*reconciler maintenance: previous primary ([A-Za-z0-9][A-Za-z0-9_.-]*)")
@@ -126,61 +128,24 @@ def unified_diff(old: str, new: str, path: str) -> str:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Replace the file at `path` (a symlink's target) with `data`: temporary file in the same
-    directory, fsync, same mode (and owner where allowed), rename over, fsync the directory."""
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    tmp = _write_temp(real, data, stat.S_IMODE(st.st_mode))
-    try:
-        try:
-            os.chown(tmp, st.st_uid, st.st_gid)
-        except PermissionError:
-            pass  # not root: the file becomes ours, as with any editor's save
-        os.replace(tmp, real)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(os.path.dirname(real))
+    """Replace the file at `path` (a symlink's target) with `data`, keeping its mode (and owner
+    where allowed): through `reconciler.safefile` (a new temporary file of a random name in the
+    same directory, O_EXCL|O_NOFOLLOW, fsync, rename over, fsync the directory)."""
+    folder, name = os.path.split(os.path.realpath(path))
+    with safefile.directory(folder) as dfd:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        allowed = os.geteuid() in (0, st.st_uid) and (os.geteuid() == 0 or st.st_gid in (os.getegid(), *os.getgroups()))
+        owner = (st.st_uid, st.st_gid) if allowed else None  # else it becomes ours, as with any editor's save
+        safefile.replace(dfd, name, data, stat.S_IMODE(st.st_mode), owner)
 
 
 def create_new(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Create `path` with `data`, atomically, never replacing an existing file
+    """Create `path` with `data`, atomically, never replacing an existing file or link
     (FileExistsError).  `mode` is masked by the umask."""
     umask = os.umask(0)
     os.umask(umask)
-    tmp = _write_temp(path, data, mode & ~umask)
-    try:
-        os.link(tmp, path)  # fails if `path` exists: no clobbering, no half-written file
-    finally:
-        _unlink_quietly(tmp)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def _write_temp(target: str, data: bytes, mode: int) -> str:
-    folder, name = os.path.split(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return tmp
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    folder, name = safefile.split_real(path)
+    with safefile.directory(folder) as dfd:
+        safefile.create_new(dfd, name, data, mode & ~umask)

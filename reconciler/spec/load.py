@@ -34,6 +34,8 @@ from reconciler.spec.models import Loc, Spec, loc_str
 
 MAX_SPEC_BYTES = 1 << 20  # the spec file; PyYAML composes ~3 s/MiB, so keep it small
 MAX_IPS_BYTES = 4 << 20  # the ips_file: plain lines, parsed fast
+IPS_LINE_REFUSED = ("not a floating address entry: expected one address with /prefix or a range "
+                    "(e.g. 192.0.2.10/24, 192.0.2.10-192.0.2.20/24) per line; the line is not shown")
 MAX_DEPTH = 64  # YAML nesting
 
 __all__ = ["SpecError", "load_spec", "MAX_SPEC_BYTES", "MAX_IPS_BYTES"]
@@ -273,7 +275,9 @@ def _ips_file_entries(spec: Spec, doc: Doc) -> tuple[bytes, list[_Entry]]:
     for line, entry in ips_file_entries(text):
         try:
             block = parse_entry(entry)
-        except AddressError as e:
-            raise SpecError(fi.ips_file, line, 1, "ips_file", str(e)) from None
+        except AddressError:
+            # Never the line's text (nor the parser's message, which quotes it): the path may
+            # name a file of secrets, and this error is logged and kept in the state file.
+            raise SpecError(fi.ips_file, line, 1, "ips_file", IPS_LINE_REFUSED) from None
         out.append(_Entry(block, fi.interface, entry, fi.ips_file, line, 1, "ips_file"))
     return data, out
