@@ -221,7 +221,8 @@ def test_alias_bomb_refused_fast(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(SpecError) as info:
         load_spec(str(path))
-    assert time.monotonic() - start < 1.0
+    # A hang guard, not a speed figure: expanded, the bomb is 9**10 strings (never finishes).
+    assert time.monotonic() - start < 30.0
     assert info.value.line == 8
     assert "anchors and aliases" in info.value.reason
 
@@ -237,10 +238,8 @@ def test_alias_alone_refused(tmp_path: Path) -> None:
 def test_file_over_size_cap(tmp_path: Path) -> None:
     path = tmp_path / "big.yaml"
     path.write_bytes(BASE.encode() + b"#" * MAX_SPEC_BYTES)
-    start = time.monotonic()
     with pytest.raises(SpecError) as info:
         load_spec(str(path))
-    assert time.monotonic() - start < 1.0
     assert str(info.value).startswith(f"{path}:1:1: (file): ")
     assert "larger than" in info.value.reason
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -113,16 +112,15 @@ def test_canonical_forms(tmp_path: Path) -> None:
     assert all(ipaddress.ip_interface(a).with_prefixlen == a for a in eth0)
 
 
-def test_big_range_is_fast(tmp_path: Path) -> None:
+def test_big_ranges_expand_in_order(tmp_path: Path) -> None:
+    # (How fast: bench/noop_cycle and bench/ip_convergence load specs of this size.)
     text = HEAD + (
         "floating_ips:\n  interface: eth0\n  addresses:\n"
         "    - 10.8.0.1-10.8.255.254/16\n"
         "    - 2001:db8:1::-2001:db8:1::ffff/64\n"
     )
     path = _write(tmp_path, text)
-    start = time.monotonic()
     loaded = load_spec(path)
-    assert time.monotonic() - start < 1.0
     eth0 = _texts(loaded.addresses["eth0"])
     assert len(eth0) == 65534 + 65536
     assert eth0[0] == "10.8.0.1/16" and eth0[65533] == "10.8.255.254/16"
