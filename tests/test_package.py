@@ -182,6 +182,19 @@ def built(proc: subprocess.Popen[str], out: Path, revision: int) -> Path:
     return debs[0]
 
 
+def run_group(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """subprocess.run in a process group of its own, all of it killed if the test is interrupted
+    (debootstrap's second stage runs as children that a kill of debootstrap alone would leave)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def bootstrap(target: Path, mirror: str, scratch: Path) -> None:
     """A clean minbase bookworm in `target`, from the cached download tarball (made on first use)."""
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
@@ -190,15 +203,15 @@ def bootstrap(target: Path, mirror: str, scratch: Path) -> None:
         CACHE.mkdir(parents=True, exist_ok=True)
         partial = tarball.with_name(f"{tarball.name}.{os.getpid()}.tmp")
         try:
-            r = subprocess.run(["debootstrap", "--variant=minbase", f"--make-tarball={partial}", SUITE,
-                                str(scratch / "download"), mirror], capture_output=True, text=True, timeout=900)
+            r = run_group(["debootstrap", "--variant=minbase", f"--make-tarball={partial}", SUITE,
+                           str(scratch / "download"), mirror], timeout=900)
             assert r.returncode == 0, f"debootstrap --make-tarball from {mirror}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
             os.replace(partial, tarball)
         finally:
             partial.unlink(missing_ok=True)
             shutil.rmtree(scratch / "download", ignore_errors=True)
-    r = subprocess.run(["debootstrap", "--variant=minbase", f"--unpack-tarball={tarball}", SUITE, str(target), mirror],
-                       capture_output=True, text=True, timeout=900)
+    r = run_group(["debootstrap", "--variant=minbase", f"--unpack-tarball={tarball}", SUITE, str(target), mirror],
+                  timeout=900)
     if r.returncode != 0:
         tarball.unlink(missing_ok=True)  # a damaged cache is made again next time
         raise AssertionError(f"debootstrap --unpack-tarball:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
