@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from reconciler import safefile
 from reconciler.spec.models import Postgres
 
 # Files this tool owns inside the data directory (see reconciler.execute.pgconf).
@@ -133,10 +134,12 @@ def postmaster(data_dir: str) -> Postmaster | None:
     whose pid was reused by another process after a crash or reboot read as "not running".
     """
     try:
-        with open(os.path.join(data_dir, "postmaster.pid")) as f:
-            pm = parse_postmaster_pid(f.read())
-    except (FileNotFoundError, NotADirectoryError):
+        text = safefile.read_text(os.path.join(data_dir, "postmaster.pid"), cap=64 << 10)
+    except NotADirectoryError:
         return None
+    if text is None:
+        return None
+    pm = parse_postmaster_pid(text)
     if pm is None:
         return None
     try:

@@ -147,6 +147,23 @@ def read(dir_fd: int, name: str, cap: int = 64 << 20) -> tuple[bytes, os.stat_re
         os.close(fd)
 
 
+def read_text(path: str, cap: int = 1 << 20) -> str | None:
+    """The text of the regular file `path` (at most `cap` bytes, undecodable bytes replaced),
+    None if it does not exist.  For files in a directory another user writes (the PostgreSQL
+    data directory): the file itself is never followed if a link and never opened if a FIFO
+    or device (no hang), the directories above it resolve as usual (pg_wal may be a link)."""
+    folder, name = os.path.split(path)
+    try:
+        dfd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        got = read(dfd, name, cap)
+    finally:
+        os.close(dfd)
+    return None if got is None else got[0].decode("utf-8", errors="replace")
+
+
 def write_file(path: str, data: bytes, mode: int = 0o600) -> None:
     """`replace` for an operator-given path (`plan -out FILE`): see `split_real`."""
     folder, name = split_real(path)

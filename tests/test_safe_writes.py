@@ -270,3 +270,41 @@ def test_a_saved_plan_of_another_format_is_refused_without_quoting_it(tmp_path):
     with pytest.raises(UserError) as e:
         read_saved(str(p))
     assert "saved_format is not 1" in str(e.value) and "S3cr3tSalt" not in str(e.value)
+
+
+FIFO_PROBE = """
+import sys
+from reconciler import pgrun
+from reconciler.observe import postgres
+d = sys.argv[1]
+for name, call in (("postmaster.pid", lambda: pgrun.postmaster(d)),
+                   (pgrun.OWNED_CONF, lambda: postgres._read_files(d)),
+                   ("pg_wal/00000002.history", lambda: postgres.read_history(d, 2))):
+    try:
+        call()
+        print(name, "read")
+    except OSError as e:
+        print(name, "refused:", e.strerror)
+"""
+
+
+def test_fifos_planted_in_the_data_directory_do_not_hang_the_observer(tmp_path: Path) -> None:
+    # The data directory's owner can put a FIFO where the observer reads postmaster.pid, the
+    # owned config or a timeline history: opening one would block the agent for good.
+    need_root()
+    owner = _other_user()
+    d = tmp_path / "pgdata"
+    (d / "pg_wal").mkdir(parents=True)
+    for name in ("postmaster.pid", OWNED_CONF, "pg_wal/00000002.history"):
+        os.mkfifo(d / name)
+    for p in (d, d / "pg_wal", *(d / n for n in ("postmaster.pid", OWNED_CONF, "pg_wal/00000002.history"))):
+        os.chown(p, owner.uid, owner.gid)
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", FIFO_PROBE, str(d)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines == ["postmaster.pid refused: not a regular file",
+                     f"{OWNED_CONF} refused: not a regular file",
+                     "pg_wal/00000002.history refused: not a regular file"], lines

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from reconciler import safefile
 from reconciler.model import PostgresObs, TimelineSwitch, WalReceiverObs
 from reconciler.observe import pgparse
 from reconciler.pgrun import (
@@ -80,10 +81,12 @@ def _read_files(data_dir: str) -> dict[str, Any]:
     """standby.signal and the primary_conninfo host/port of the owned config file."""
     out: dict[str, Any] = {"standby_signal": os.path.exists(os.path.join(data_dir, STANDBY_SIGNAL))}
     try:
-        with open(os.path.join(data_dir, OWNED_CONF)) as f:
-            conninfo = pgparse.parse_guc_file(f.read()).get("primary_conninfo", "")
+        text = safefile.read_text(os.path.join(data_dir, OWNED_CONF))
+        if text is None:
+            return out
+        conninfo = pgparse.parse_guc_file(text).get("primary_conninfo", "")
         params = pgparse.parse_conninfo(conninfo)
-    except (FileNotFoundError, ValueError):
+    except ValueError:
         return out
     port = params.get("port", "")
     out["conninfo_host"] = params.get("host") or None
@@ -123,11 +126,8 @@ def read_history(data_dir: str, timeline: int | None) -> tuple[TimelineSwitch, .
     """
     if timeline is None or timeline <= 1:
         return ()
-    try:
-        with open(os.path.join(data_dir, "pg_wal", f"{timeline:08X}.history")) as f:
-            return pgparse.parse_history(f.read())
-    except FileNotFoundError:
-        return ()
+    text = safefile.read_text(os.path.join(data_dir, "pg_wal", f"{timeline:08X}.history"), cap=16 << 20)
+    return () if text is None else pgparse.parse_history(text)
 
 
 def _read_sql(cfg: Postgres, host: str | None, pm: Postmaster) -> dict[str, Any]:
