@@ -26,7 +26,6 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroo
 mount -t tmpfs -o mode=0755 tmpfs /rw && mkdir /rw/upper /rw/work || fail "tmpfs"
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot || fail "overlay"
 cp /lab-init /newroot/lab-init || fail "cp lab-init"
-mkdir -p /newroot/.host && mount --bind /lower /newroot/.host || fail "bind host root"
 for d in dev proc sys; do mount --move "/$d" "/newroot/$d" || fail "move $d"; done
 exec switch_root /newroot /bin/busybox sh /lab-init
 """
@@ -38,15 +37,6 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/lock; ln -s /proc/self/fd /dev/fd
-# The checkout and venv may live under the host's /tmp or /run, now hidden: show each again
-# at its own path, writable like the rest of the root (changes stay in this guest's memory).
-i=0
-for p in $(arg lab.keep | tr , ' '); do
-  i=$((i+1)); k="/run/.lab-keep/$i"
-  mkdir -p "$p" "$k/u" "$k/w"
-  mount -t overlay overlay -o "lowerdir=/.host$p,upperdir=$k/u,workdir=$k/w" "$p" ||
-    echo "lab: cannot show host $p" >/dev/console
-done
 for i in 0:stdin 1:stdout 2:stderr; do ln -s "/proc/self/fd/${i%%:*}" "/dev/${i#*:}"; done
 arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}";; esac; done; }
 hostname "$(arg lab.host)"
