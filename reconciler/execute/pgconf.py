@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+from reconciler import trust
 from reconciler.observe.pgparse import guc_key
 from reconciler.pgrun import OWNED_CONF, PASSFILE, STANDBY_SIGNAL, Owner
 from reconciler.spec.models import Postgres
@@ -68,6 +69,7 @@ def read_password(cfg: Postgres) -> str | None:
     """The replication password from `cfg.password_file` (first line), or None."""
     if cfg.password_file is None:
         return None
+    trust.check_file(cfg.password_file, "replication password file", secret=True)  # root's, 0600
     with open(cfg.password_file) as f:
         return f.readline().rstrip("\r\n") or None
 

@@ -17,6 +17,8 @@ import stat
 import threading
 import time
 
+from reconciler import trust
+
 SCHEME = "RECONCILER-HMAC"
 SIG_HEADER = "X-Reconciler-Sig"
 MAX_SKEW_S = 30.0  # accepted clock difference, and how long a nonce is remembered
@@ -38,7 +40,12 @@ class AuthError(Exception):
 
 
 def load_secret(path: str | os.PathLike[str], *, owner_uid: int = 0) -> bytes:
-    """Read the shared secret: a regular file owned by `owner_uid` (root), mode 0600 or stricter."""
+    """Read the shared secret: a regular file owned by `owner_uid` (root), mode 0600 or stricter,
+    in directories only root can write to (`reconciler.trust`)."""
+    try:
+        trust.check_dirs(path, "peer secret")
+    except trust.UntrustedError as e:
+        raise SecretError(str(e)) from None
     try:
         # O_NONBLOCK: a FIFO planted at the path must not hang the agent at open().
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
