@@ -150,21 +150,21 @@ def check_dirs(path: str | os.PathLike[str], what: str = "file") -> None:
 def check_tree(top: str, what: str, files: Callable[[str], bool] = lambda _rel: True, limit: int = 100_000) -> None:
     """`top` (checked with `check_file`), every directory below it, and each file whose path
     relative to `top` satisfies `files`; symbolic links are checked where they lead.  At most
-    `limit` entries are looked at (then refused: a directory that big is not a spec's)."""
+    `limit` entries are checked (then refused: a tree that big is not one a spec is read from)."""
     check_file(top, what)
     seen = 0
     for d, dirs, names in os.walk(top):
-        for name in dirs + names:
-            seen += 1
-            if seen > limit:
-                raise UntrustedError(f"refusing the {what} {top}: more than {limit} entries to check")
-            full = os.path.join(d, name)
-            rel = os.path.relpath(full, top)
+        checked = [os.path.join(d, n) for n in dirs]
+        checked += [os.path.join(d, n) for n in names if files(os.path.relpath(os.path.join(d, n), top))]
+        seen += len(checked)
+        if seen > limit:
+            raise UntrustedError(f"refusing the {what} {top}: more than {limit} entries to check")
+        for full in checked:
             try:
                 st = os.lstat(full)
             except OSError:
                 continue
             if stat.S_ISLNK(st.st_mode):
                 check_file(full, what)
-            elif stat.S_ISDIR(st.st_mode) or files(rel):
+            else:
                 _refuse(what, full, full, st)
