@@ -164,6 +164,31 @@ def read_text(path: str, cap: int = 1 << 20) -> str | None:
     return None if got is None else got[0].decode("utf-8", errors="replace")
 
 
+class SmallFileError(ValueError):
+    """A small file (a secret, a password) is unusable: one line naming it, never its contents."""
+
+
+def read_small(path: str | os.PathLike[str], what: str, cap: int = 4096) -> tuple[bytes, os.stat_result]:
+    """The bytes and the stat of `path`, a regular file of at most `cap` bytes (a password or a
+    shared secret), read by path (a link the operator made is followed; the caller checks the
+    chain with `trust`) but never blocking on a FIFO and never reading a device.  Errors
+    (`SmallFileError`) name the file and `what` it is for, never a byte of it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise SmallFileError(f"{os.fspath(path)}: cannot open the {what}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SmallFileError(f"{os.fspath(path)}: the {what} is not a regular file")
+        data = os.read(fd, cap + 1)
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise SmallFileError(f"{os.fspath(path)}: the {what} is longer than {cap} bytes")
+    return data, st
+
+
 def write_file(path: str, data: bytes, mode: int = 0o600) -> None:
     """`replace` for an operator-given path (`plan -out FILE`): see `split_real`."""
     folder, name = split_real(path)

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from reconciler import trust
 from reconciler.agent import logs
 from reconciler.agent.loop import Acted, Converged, Loop, Observe, OperatorNeeded, Outcome, Retrying, Waiting
 from reconciler.agent.metrics import Metrics
@@ -126,7 +127,7 @@ class Agent:
             new = self.source.load()
             if self.node not in new.model.nodes:
                 raise SpecError(new.path, 1, 1, "nodes", f"this node {self.node!r} is not in nodes")
-        except (SpecError, SourceError) as e:
+        except (SpecError, SourceError, trust.UntrustedError) as e:
             log.error(f"{self.node}: spec edit refused, keeping the last good one ({short(self.label)}): {e}")
             self.revs.attempt(self.source.attempted, error=str(e))
             return

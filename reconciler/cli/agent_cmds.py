@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reconciler import trust
 from reconciler.agent import logs
 from reconciler.agent.loop import Acted, Converged, Loop, OperatorNeeded, Outcome, Retrying, Waiting
 from reconciler.agent.peering import PeerLink
@@ -34,6 +35,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     saved = read_saved(args.file)
     if saved is not None:
+        try:  # it names the spec to read and the actions to run: root's only
+            trust.check_file(args.file, "saved plan")
+        except trust.UntrustedError as e:
+            raise UserError(str(e)) from None
         return apply_saved(args, saved)
     source = FileSource(args.file)
     spec = sources.load(source)

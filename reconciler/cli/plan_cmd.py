@@ -42,7 +42,9 @@ def load_snapshot(path: str) -> NodeObservation:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    source = sources.from_args(args)
+    # From saved snapshots nothing runs and any file may be read; live, root observes (runs the
+    # services' status commands, reads secrets) only from a spec root controls.
+    source = sources.from_args(args, strict=args.observed is None)
     spec = sources.load(source)
     node = sources.node_of(spec, args.node, source)
     if args.observed is None:

@@ -108,11 +108,27 @@ def _stale(why: str) -> UserError:
     return UserError(f"Saved plan is stale: {why}. Make a new one with `reconciler plan -out FILE`.")
 
 
-def _check_fresh(doc: dict[str, Any], node: str) -> tuple[LoadedSpec, PeerLink, tuple[NodeObservation, NodeObservation | None]]:
-    loaded = sources.load(sources.from_doc(doc["source"]))
+def _load_fresh(doc: dict[str, Any]) -> tuple[SpecSource, LoadedSpec]:
+    """The spec the plan names (checked: root's), refused when it changed since the plan was made."""
+    source = sources.from_doc(doc["source"])
+    loaded = sources.load(source)
     if loaded.digest != doc["spec_digest"]:
         now = f" (now commit {loaded.revision[:12]})" if loaded.revision else ""
         raise _stale(f"the spec changed since the plan was made{now}")
+    return source, loaded
+
+
+def _announce(path: str, doc: dict[str, Any], source: SpecSource, loaded: LoadedSpec) -> None:
+    """What `apply PLAN` is about to run, and from which spec, before it observes or acts."""
+    rev = f"commit {loaded.revision[:12]}" if loaded.revision else f"digest {loaded.digest[:12]}"
+    changes = doc["plan"]["changes"]
+    print(f"Saved plan {path}: {len(changes)} action(s) on node {doc['node']}, "
+          f"from the spec {source.describe()} ({rev}):")
+    for c in changes:
+        print(f"  {c.get('title') or c.get('kind')}")
+
+
+def _check_fresh(doc: dict[str, Any], node: str, loaded: LoadedSpec) -> tuple[PeerLink, tuple[NodeObservation, NodeObservation | None]]:
     link = PeerLink(loaded, node)
     own, peer = _observe(loaded, node), link.fetch()
     if observed_fingerprint(own, peer) != doc["observed_fingerprint"]:
@@ -120,7 +136,7 @@ def _check_fresh(doc: dict[str, Any], node: str) -> tuple[LoadedSpec, PeerLink, 
     p = plan(loaded, node, own, peer)
     if [action_key(a) for a in p.actions] != [action_key(c) for c in doc["plan"]["changes"]]:
         raise _stale("planning again now gives different actions")
-    return loaded, link, (own, peer)
+    return link, (own, peer)
 
 
 def _as_saved(change: dict[str, Any]) -> Admit:
@@ -142,7 +158,9 @@ def apply_saved(args: argparse.Namespace, doc: dict[str, Any]) -> int:
     if args.node and args.node != node:
         raise UserError(f"{args.file}: the plan is for node {node}, not {args.node}")
     logs.setup(args.log_format)
-    loaded, link, seen = _check_fresh(doc, node)
+    source, loaded = _load_fresh(doc)
+    _announce(args.file, doc, source, loaded)
+    link, seen = _check_fresh(doc, node, loaded)
     loop = Loop(node, lambda _spec, n: _observe(loaded, n), link.fetch)
     saved = doc["plan"]["changes"]
     done = 0

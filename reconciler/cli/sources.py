@@ -4,6 +4,9 @@
 any spec or git problem turned into the one-line error and exit 1 (`spec_errors`).  The
 same source is written into saved plans (`to_doc`/`from_doc`) so that `apply` reads the
 spec again from where `plan` read it, and can tell whether it changed.
+
+Sources are `strict` (`reconciler.trust`: a spec, repository, ips_file or secret that is
+not root's is refused with the fix) except for `plan --observed`, which runs no command.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from reconciler import trust
 from reconciler.agent.source import FileSource, GitSource, SourceError, SpecSource
 from reconciler.cli.common import UserError, default_node
 from reconciler.spec import LoadedSpec
 from reconciler.spec.load import SpecError
 
 
-def from_args(args: argparse.Namespace, file_default: str | None = None) -> SpecSource:
+def from_args(args: argparse.Namespace, file_default: str | None = None, strict: bool = True) -> SpecSource:
     git, path, rev = getattr(args, "git", None), getattr(args, "path", None), getattr(args, "rev", None)
     file = args.file if args.file != file_default or git is None else None
     if git is None:
@@ -28,15 +32,17 @@ def from_args(args: argparse.Namespace, file_default: str | None = None) -> Spec
             raise UserError("--path and --rev need --git DIR")
         if file is None:
             raise UserError("which spec? give FILE, or --git DIR --path FILE")
-        return FileSource(file)
+        return FileSource(file, strict)
     if file is not None:
         raise UserError(f"give either FILE ({file}) or --git DIR --path FILE, not both")
     if path is None:
         raise UserError("--git needs --path FILE: the spec's path inside the work tree")
     try:
-        return GitSource(git, path, rev or "HEAD")
+        return GitSource(git, path, rev or "HEAD", strict)
     except SourceError as e:
         raise UserError(f"--git {git}: {e}") from None
+    except trust.UntrustedError as e:
+        raise UserError(str(e)) from None
 
 
 @contextmanager
@@ -48,6 +54,8 @@ def spec_errors(source: SpecSource) -> Iterator[None]:
         raise UserError(str(e)) from None
     except SourceError as e:
         raise UserError(f"{source.describe()}: {e}") from None
+    except trust.UntrustedError as e:
+        raise UserError(str(e)) from None
 
 
 def load(source: SpecSource) -> LoadedSpec:
@@ -77,6 +85,8 @@ def from_doc(doc: dict[str, Any]) -> SpecSource:
             return FileSource(str(doc["path"]))
     except SourceError as e:
         raise UserError(f"the saved plan's spec source: {e}") from None
+    except trust.UntrustedError as e:
+        raise UserError(str(e)) from None
     except KeyError as e:
         raise UserError(f"the saved plan's spec source has no {e.args[0]!r}") from None
     raise UserError(f"the saved plan's spec source is of unknown type {doc.get('type')!r}")

@@ -15,7 +15,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 
-from reconciler import safefile
+from reconciler import safefile, trust
 from reconciler.observe.pgparse import guc_key
 from reconciler.pgrun import OWNED_CONF, PASSFILE, STANDBY_SIGNAL, Owner, PostgresError
 from reconciler.spec.models import Postgres
@@ -73,15 +73,11 @@ def read_password(cfg: Postgres) -> str | None:
     if cfg.password_file is None:
         return None
     path = cfg.password_file
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there must not hang us
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PostgresError(f"{path}: the password file is not a regular file")
-        data = os.read(fd, MAX_PASSWORD_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_PASSWORD_BYTES:
-        raise PostgresError(f"{path}: the password file is longer than {MAX_PASSWORD_BYTES} bytes")
+        trust.check_file(path, "replication password file", secret=True)  # root's, 0600
+        data, _st = safefile.read_small(path, "replication password file", MAX_PASSWORD_BYTES)
+    except (trust.UntrustedError, safefile.SmallFileError) as e:
+        raise PostgresError(str(e)) from None
     try:  # errors never quote the file: not even the byte a decoder stopped at
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

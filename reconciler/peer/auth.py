@@ -17,6 +17,8 @@ import stat
 import threading
 import time
 
+from reconciler import safefile, trust
+
 SCHEME = "RECONCILER-HMAC"
 SIG_HEADER = "X-Reconciler-Sig"
 MAX_SKEW_S = 30.0  # accepted clock difference, and how long a nonce is remembered
@@ -38,27 +40,22 @@ class AuthError(Exception):
 
 
 def load_secret(path: str | os.PathLike[str], *, owner_uid: int = 0) -> bytes:
-    """Read the shared secret: a regular file owned by `owner_uid` (root), mode 0600 or stricter."""
+    """Read the shared secret: a regular file owned by `owner_uid` (root), mode 0600 or stricter,
+    in directories only root can write to (`reconciler.trust`)."""
     try:
-        # O_NONBLOCK: a FIFO planted at the path must not hang the agent at open().
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise SecretError(f"{path}: cannot open the peer secret: {e.strerror}") from None
+        trust.check_dirs(path, "peer secret")
+    except trust.UntrustedError as e:
+        raise SecretError(str(e)) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SecretError(f"{path}: the peer secret is not a regular file")
-        if st.st_mode & 0o077:
-            mode = stat.S_IMODE(st.st_mode)
-            raise SecretError(f"{path}: mode {mode:04o} gives group/others access to the peer secret; chmod 600 it")
-        if st.st_uid != owner_uid:
-            who = "root" if owner_uid == 0 else f"uid {owner_uid}"
-            raise SecretError(f"{path}: the peer secret is owned by uid {st.st_uid}, must be owned by {who}")
-        data = os.read(fd, MAX_SECRET_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_SECRET_BYTES:
-        raise SecretError(f"{path}: the peer secret is longer than {MAX_SECRET_BYTES} bytes")
+        data, st = safefile.read_small(path, "peer secret", MAX_SECRET_BYTES)
+    except safefile.SmallFileError as e:
+        raise SecretError(str(e)) from None
+    if st.st_mode & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        raise SecretError(f"{path}: mode {mode:04o} gives group/others access to the peer secret; chmod 600 it")
+    if st.st_uid != owner_uid:
+        who = "root" if owner_uid == 0 else f"uid {owner_uid}"
+        raise SecretError(f"{path}: the peer secret is owned by uid {st.st_uid}, must be owned by {who}")
     secret = data.strip()
     if len(secret) < MIN_SECRET_BYTES:
         raise SecretError(

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from reconciler import trust
 from reconciler.address import Address
 from reconciler.spec import LoadedSpec
 from reconciler.spec.addresses import (
@@ -41,10 +42,11 @@ MAX_DEPTH = 64  # YAML nesting
 __all__ = ["SpecError", "load_spec", "MAX_SPEC_BYTES", "MAX_IPS_BYTES"]
 
 
-def load_spec(path: str, data: bytes | None = None, revision: str | None = None) -> LoadedSpec:
+def load_spec(path: str, data: bytes | None = None, revision: str | None = None, *, strict: bool = False) -> LoadedSpec:
     """The one way to load a spec: read, parse and check the file at `path` (and its ips_file,
     if any), or the bytes `data` already read (from git, or an edit to check before writing
-    it) that `path` names in errors.  `revision` is the git commit the bytes come from."""
+    it) that `path` names in errors.  `revision` is the git commit the bytes come from.
+    `strict`: the ips_file must be root's (`reconciler.trust`; the caller checks `path`)."""
     if data is None:
         data = read_capped(path, MAX_SPEC_BYTES, path, "(file)")
     doc = Doc(path)
@@ -59,7 +61,7 @@ def load_spec(path: str, data: bytes | None = None, revision: str | None = None)
         spec = Spec.model_validate(obj, strict=True)
     except ValidationError as e:
         raise from_validation_error(e, doc) from None
-    addresses, ips_bytes = _addresses(spec, doc)
+    addresses, ips_bytes = _addresses(spec, doc, strict)
     digest = hashlib.sha256(data + ips_bytes).hexdigest()
     return LoadedSpec(model=spec, addresses=addresses, digest=digest, path=path, revision=revision)
 
@@ -219,12 +221,12 @@ class _Entry:
         return SpecError(self.file, self.line, self.col, self.key, reason)
 
 
-def _addresses(spec: Spec, doc: Doc) -> tuple[dict[str, tuple[Address, ...]], bytes]:
+def _addresses(spec: Spec, doc: Doc, strict: bool = False) -> tuple[dict[str, tuple[Address, ...]], bytes]:
     """Resolve every floating address entry to (interface, block); check caps and overlaps."""
     entries = _spec_entries(spec, doc)
     ips_bytes = b""
     if spec.floating_ips.ips_file:
-        ips_bytes, more = _ips_file_entries(spec, doc)
+        ips_bytes, more = _ips_file_entries(spec, doc, strict)
         entries.extend(more)
     blocks = [e.block for e in entries]
     over = first_over_total(blocks)
@@ -263,12 +265,17 @@ def _spec_entries(spec: Spec, doc: Doc) -> list[_Entry]:
     return out
 
 
-def _ips_file_entries(spec: Spec, doc: Doc) -> tuple[bytes, list[_Entry]]:
+def _ips_file_entries(spec: Spec, doc: Doc, strict: bool = False) -> tuple[bytes, list[_Entry]]:
     fi = spec.floating_ips
     assert fi.ips_file is not None
     at = doc.pos(("floating_ips", "ips_file"))
     if fi.interface is None:
         raise SpecError(doc.path, *at, "floating_ips.ips_file", "the ips_file addresses need floating_ips.interface")
+    if strict:
+        try:
+            trust.check_file(fi.ips_file, "ips_file")
+        except trust.UntrustedError as e:
+            raise SpecError(doc.path, *at, "floating_ips.ips_file", str(e)) from None
     data = read_capped(fi.ips_file, MAX_IPS_BYTES, doc.path, "floating_ips.ips_file", at)
     text = _decode(data, fi.ips_file, "ips_file")
     out: list[_Entry] = []
