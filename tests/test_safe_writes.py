@@ -249,6 +249,7 @@ def test_password_file_errors_never_quote_it(tmp_path):
 
     pw = tmp_path / "replication.pw"
     pw.write_bytes(b"s3cr\xe9t-\xff-password\nsecond line\n")
+    pw.chmod(0o600)
     cfg = Postgres(data_dir=str(tmp_path / "data"), password_file=str(pw))
     with pytest.raises(PostgresError) as e:
         pgconf.read_password(cfg)
@@ -256,7 +257,7 @@ def test_password_file_errors_never_quote_it(tmp_path):
     pw.write_text("good-password\r\nsecond line\n")
     assert pgconf.read_password(cfg) == "good-password"
     os.unlink(pw)
-    os.mkfifo(pw)
+    os.mkfifo(pw, 0o600)
     with pytest.raises(PostgresError, match="not a regular file"):
         pgconf.read_password(cfg)
 

@@ -202,7 +202,9 @@ def test_read_password_refuses_a_file_of_nobody(tmp_path: Path, nobody: int) -> 
     cfg = Postgres(data_dir="/nonexistent/pg", bin_dir="/nonexistent/bin", password_file=str(pw))
     assert read_password(cfg) == "sekrit"
     os.chown(pw, nobody, -1)
-    with pytest.raises(trust.UntrustedError, match=f"chown root {pw}"):
+    from reconciler.pgrun import PostgresError  # an action's failure, reported like any other
+
+    with pytest.raises(PostgresError, match=f"chown root {pw}"):
         read_password(cfg)
 
 
