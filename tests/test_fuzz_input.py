@@ -149,11 +149,12 @@ def _replace(obj: Any, path: tuple[Any, ...], value: Any) -> Any:
 
 @st.composite
 def mutated(draw: st.DrawFn, base: dict[str, Any]) -> Any:
-    """`base` with one to three of its values (or the whole) replaced by arbitrary ones."""
+    """`base` with one to three of its values (or the whole) replaced by arbitrary ones, half
+    of them marked strings (the likeliest to be quoted back)."""
     doc: Any = base
     for _ in range(draw(st.integers(1, 3))):
         paths = _paths(doc)
-        doc = _replace(doc, draw(st.sampled_from(paths)), draw(values))
+        doc = _replace(doc, draw(st.sampled_from(paths)), draw(strings | values))
     return doc
 
 
