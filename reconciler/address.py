@@ -97,8 +97,9 @@ def from_packed(raw: bytes, prefix: int) -> Address:
 
 
 def parse(text: str) -> Address:
-    """'ADDR/PLEN' read as `ipaddress.ip_interface` reads it; ValueError (its own) otherwise,
-    and also without a /PLEN or with an IPv6 zone index.  Canonical IPv4 text, the common
+    """'ADDR/PLEN' read as `ipaddress.ip_interface` reads it; ValueError otherwise, and also
+    without a /PLEN or with an IPv6 zone index (the message never quotes the text: it may come
+    from a file the user should not see echoed).  Canonical IPv4 text, the common
     case (a JSON observation from the peer holds thousands), is read by inet_pton, which
     takes exactly four decimal octets without leading zeros, and no `ipaddress`."""
     ip, _sep, plen = text.partition("/")
@@ -111,11 +112,42 @@ def parse(text: str) -> Address:
         else:
             return _make((4, int.from_bytes(raw, "big"), prefix, text))
     if "/" not in text:
-        raise ValueError(f"not an address with a prefix length: {text!r}")
-    iface = ipaddress.ip_interface(text)
+        raise ValueError("not an address with a prefix length (like 192.0.2.10/24)")
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:  # ipaddress quotes the text; the messages here never do
+        raise ValueError("not an address with a prefix length (like 192.0.2.10/24)") from None
     if isinstance(iface, ipaddress.IPv6Interface) and iface.scope_id is not None:
-        raise ValueError(f"{text!r}: a zone index (%...) is not allowed")
+        raise ValueError("a zone index (%...) is not allowed")
     return _make((iface.version, int(iface.ip), iface.network.prefixlen, iface.with_prefixlen))
+
+
+# Blocks no floating address may fall in, first match wins: (version, first, last, why).
+# Link-local (169.254/16, fe80::/10) is allowed: VRRPv3-style virtual routers float an
+# IPv6 link-local address.  The network and broadcast address of an IPv4 prefix, and the
+# Subnet-Router anycast address of an IPv6 one, are checked per entry (spec.addresses).
+_V4, _V6 = (1 << 32) - 1, (1 << 128) - 1
+NOT_HOST: tuple[tuple[int, int, int, str], ...] = (
+    (4, 0, 0, "the unspecified address (0.0.0.0)"),
+    (4, 0, 0x00FF_FFFF, "'this network' (0.0.0.0/8, RFC 1122), not an assignable address"),
+    (4, 0x7F00_0000, 0x7FFF_FFFF, "a loopback address (127.0.0.0/8)"),
+    (4, 0xE000_0000, 0xEFFF_FFFF, "a multicast address (224.0.0.0/4)"),
+    (4, _V4, _V4, "the limited broadcast address (255.255.255.255)"),
+    (6, 0, 0, "the unspecified address (::)"),
+    (6, 1, 1, "the loopback address (::1)"),
+    (6, 0xFFFF << 32, (0xFFFF << 32) | _V4, "an IPv4-mapped IPv6 address (::ffff:0:0/96); write the IPv4 address"),
+    (6, 0xFF << 120, _V6, "a multicast address (ff00::/8)"),
+)
+
+
+def not_host(version: int, first: int, last: int) -> str | None:
+    """Why some address in first..last (inclusive) can never be a floating (host) address,
+    or None: unspecified, 'this network', loopback, multicast, limited broadcast,
+    IPv4-mapped (see NOT_HOST)."""
+    for v, lo, hi, why in NOT_HOST:
+        if v == version and first <= hi and lo <= last:
+            return why
+    return None
 
 
 def span(version: int, first: int, last: int, prefix: int) -> list[Address]:

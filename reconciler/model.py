@@ -4,22 +4,29 @@ A `NodeObservation` is what the drivers in `reconciler.observe` read from the re
 system (netlink, drbdsetup, PostgreSQL, /proc/self/mountinfo, the service manager)
 and what the planner reads.  Nothing in it is remembered by the agent: every field can
 be recomputed by observing again.  Snapshots are saved with `reconciler status --json`
-and fed back with `reconciler plan --observed FILE`.
+and fed back with `reconciler plan --observed FILE`, read by `parse_snapshot`: at most
+`MAX_SNAPSHOT_BYTES`, UTF-8 with or without a BOM, `format` 1, and every problem one
+`FILE:LINE:COL: key.path: reason` line (`SnapshotError`) that never quotes the file.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from operator import attrgetter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, field_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, field_validator
 from pydantic_core import CoreSchema, core_schema
 
 from reconciler import address
 from reconciler.address import Address
 
 SNAPSHOT_FORMAT = 1
+# A snapshot with 10,000 floating addresses (`status --json`, indented) is 1.1 MB (IPv4) to
+# 1.3 MB (IPv6): 10 MiB is 8x that, and is refused after reading 10 MiB, in milliseconds
+# (a 52 MB file used to take 10 s and 800 MB of memory to parse).
+MAX_SNAPSHOT_BYTES = 10 << 20
 
 _LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 
@@ -40,7 +47,7 @@ class _Frozen(BaseModel):
 
 def _check_lsn(value: str | None) -> str | None:
     if value is not None and not _LSN_RE.match(value):
-        raise ValueError(f"not an LSN (expected like 0/30391A0): {value!r}")
+        raise ValueError("not an LSN (expected like 0/30391A0)")
     return value
 
 
@@ -158,6 +165,14 @@ class NodeObservation(_Frozen):
     """Everything the planner needs to know about one node, at one moment."""
 
     format: int = Field(default=SNAPSHOT_FORMAT)
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: int) -> int:
+        if v != SNAPSHOT_FORMAT:
+            raise ValueError(f"unsupported snapshot format (this version reads format {SNAPSHOT_FORMAT})")
+        return v
+
     node: str
     spec_digest: str | None = None  # digest of the spec this node's agent last applied
     revision: str | None = None  # git commit of that spec (None: not read from git)
@@ -192,3 +207,120 @@ class NodeObservation(_Frozen):
     @classmethod
     def from_json(cls, text: str) -> NodeObservation:
         return cls.model_validate_json(text)
+
+
+class SnapshotError(Exception):
+    """A problem in a saved snapshot, as `FILE:LINE:COL: key.path: reason` (like spec errors)."""
+
+    def __init__(self, file: str, line: int, col: int, key: str, reason: str) -> None:
+        self.file, self.line, self.col, self.key = file, line, col, key
+        self.reason = " ".join(reason.split())
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.key}: {self.reason}"
+
+
+def parse_snapshot(data: bytes, path: str) -> NodeObservation:
+    """The snapshot in `data` (the bytes of the file `path`), or a SnapshotError."""
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError(path, 1, 1, "(file)", f"larger than the {MAX_SNAPSHOT_BYTES >> 20} MiB limit for a snapshot")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SnapshotError(path, line, col, "(file)", f"not valid UTF-8 (byte 0x{data[e.start]:02x})") from None
+    try:
+        return NodeObservation.model_validate_json(text)
+    except ValidationError as e:
+        raise _snapshot_error(e, text, path) from None
+
+
+_JSON_AT = re.compile(r"^(.*) at line (\d+) column (\d+)$")
+_SHOWN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
+          "list": "a list", "tuple": "a list", "dict": "an object", "model": "an object",
+          "model_attributes": "an object"}
+
+
+def _snapshot_error(exc: ValidationError, text: str, path: str) -> SnapshotError:
+    err = exc.errors(include_url=False)[0]
+    t, loc, ctx = err["type"], tuple(err["loc"]), err.get("ctx") or {}
+    if t == "json_invalid":  # "expected value at line 1 column 5": jiter's words, no input quoted
+        m = _JSON_AT.match(str(ctx.get("error", "")))
+        if m:
+            line, col = int(m.group(2)), max(1, int(m.group(3)))
+            return SnapshotError(path, line, col, "(file)", f"invalid JSON: {m.group(1)}")
+        return SnapshotError(path, 1, 1, "(file)", "invalid JSON")
+    key = _loc_str(loc)
+    line, col = _position(text, loc)
+    kind = t.rsplit("_", 1)[0]
+    if t == "missing":
+        reason = "required key is missing"
+    elif t == "extra_forbidden":
+        reason = "unknown key"
+    elif t == "value_error":
+        reason = str(ctx.get("error", "invalid value"))  # ours, and they never quote the value
+    elif t == "finite_number":
+        reason = "expected a finite number"
+    elif t == "literal_error":
+        reason = f"expected {ctx.get('expected')}"
+    elif t.endswith(("_type", "_parsing")) and kind in _KINDS:
+        reason = f"expected {_KINDS[kind]}"
+    else:
+        reason = f"invalid value ({t})"
+    return SnapshotError(path, line, col, key or "(file)", reason)
+
+
+def _loc_str(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            part = part if _SHOWN_KEY.fullmatch(str(part)) else "<key>"
+            out += f".{part}" if out else part
+    return out
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _ws(text: str, pos: int) -> int:
+    m = _WS.match(text, pos)
+    return m.end() if m else pos
+
+
+def _position(text: str, loc: tuple[Any, ...]) -> tuple[int, int]:
+    """1-based line and column of the value at `loc` (of the deepest part found; a missing
+    key: its object), walking the JSON text and skipping other values with the C decoder.
+    Only run for an error, so the cost (one pass at most) does not matter."""
+    decoder = json.JSONDecoder()
+    pos = found = _ws(text, 0)
+    try:
+        for part in loc:
+            if isinstance(part, int) and text.startswith("[", pos):
+                pos = _ws(text, pos + 1)
+                for _ in range(part):
+                    _, pos = decoder.raw_decode(text, pos)
+                    pos = _ws(text, _ws(text, pos) + 1)  # past the ','
+            elif isinstance(part, str) and text.startswith("{", pos):
+                pos = _ws(text, pos + 1)
+                while True:
+                    key, pos = decoder.raw_decode(text, pos)
+                    pos = _ws(text, _ws(text, pos) + 1)  # past the ':'
+                    if key == part:
+                        break
+                    _, pos = decoder.raw_decode(text, pos)
+                    pos = _ws(text, pos)
+                    if not text.startswith(",", pos):
+                        raise ValueError("not found")
+                    pos = _ws(text, pos + 1)
+            else:
+                break
+            found = pos
+    except (ValueError, RecursionError, IndexError):
+        pass
+    line = text.count("\n", 0, found) + 1
+    return line, found - (text.rfind("\n", 0, found) + 1) + 1

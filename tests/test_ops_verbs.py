@@ -148,7 +148,7 @@ def test_an_invalid_result_is_refused_before_writing(capsys, spec: Path, monkeyp
     rc, out, err = cli(capsys, "promote", "mx1", str(spec))
     assert rc == 1 and out == ""
     assert re.fullmatch(r"reconciler: refusing to write .*: the result would not be valid: .*fenced\[0\]: "
-                        r"'mx1' cannot be fenced and primary at once\n", err)
+                        r"the primary node cannot be fenced too\n", err)
     assert spec.read_bytes() == before
     assert [p.name for p in spec.parent.iterdir()] == ["cluster.yaml"]  # no temporary file left
 

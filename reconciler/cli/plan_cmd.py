@@ -9,36 +9,38 @@ as the agent sees an unanswered peer.  `-out FILE` saves the plan for `apply FIL
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
-
-from pydantic import ValidationError
 
 from reconciler.agent.source import stamp
 from reconciler.cli import sources
 from reconciler.cli.common import EXIT_CHANGES, EXIT_OK, UserError
 from reconciler.cli.saved_plan import observed_fingerprint, write_saved
-from reconciler.model import NodeObservation
+from reconciler.model import MAX_SNAPSHOT_BYTES, NodeObservation, SnapshotError, parse_snapshot
 from reconciler.plan import render
 from reconciler.plan.planner import PlanError, plan
 from reconciler.spec import LoadedSpec
 
-MAX_SNAPSHOT_BYTES = 64 << 20
-
 
 def load_snapshot(path: str) -> NodeObservation:
+    """The snapshot in the regular file `path` (`parse_snapshot` checks it).  O_NONBLOCK so that
+    a FIFO given by mistake is refused instead of blocking; at most MAX_SNAPSHOT_BYTES + 1 read."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SNAPSHOT_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UserError(f"{path}:1:1: (file): not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_SNAPSHOT_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as e:
-        raise UserError(f"{path}: cannot read snapshot: {e.strerror}") from None
-    if len(data) > MAX_SNAPSHOT_BYTES:
-        raise UserError(f"{path}: snapshot larger than {MAX_SNAPSHOT_BYTES >> 20} MiB")
+        raise UserError(f"{path}:1:1: (file): cannot read the snapshot: {e.strerror or type(e).__name__}") from None
     try:
-        return NodeObservation.model_validate_json(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err.get("loc", ())) or "(file)"
-        raise UserError(f"{path}: {where}: {err.get('msg', 'invalid')}") from None
+        return parse_snapshot(data, path)
+    except SnapshotError as e:
+        raise UserError(str(e)) from None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

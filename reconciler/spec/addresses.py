@@ -4,7 +4,16 @@ An entry is one host address with its prefix (`192.0.2.10/24`, like `ip addr add
 inclusive range sharing one prefix (`192.0.2.2-192.0.2.100/24`).  Addresses are handled
 as integer intervals so that overlap detection is a sort plus a sweep, and expanded once
 into typed `Address` values (a 65,536-address range in about 0.1 s).  Errors are
-`AddressError` with a short reason.
+`AddressError` with a short reason that never quotes the entry (it may come from a file the
+user running `validate` should not see echoed; the error's FILE:LINE:COL points at it).
+
+Refused as a floating address, in a CIDR or anywhere in a range: prefix /0; the blocks of
+`reconciler.address.NOT_HOST` (unspecified, 0.0.0.0/8, loopback, multicast, limited
+broadcast, IPv4-mapped IPv6); for IPv4 /1../30 the network and the broadcast address of the
+prefix (/31 and /32 have none, RFC 3021).  IPv6 has no broadcast, and its all-zero host
+(the Subnet-Router anycast address, `2001:db8::/64`) is allowed: Linux assigns it, and
+legacy ips files use it.  Link-local addresses are allowed (an IPv6 virtual router floats
+one, as VRRPv3 does).
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from reconciler.address import Address, span
+from reconciler.address import Address, not_host, span
 
 MAX_RANGE = 65_536  # addresses in one range entry
 MAX_TOTAL = 200_000  # addresses in one spec, ips_file included
@@ -46,17 +55,17 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
-        raise AddressError(f"not an IP address: {text!r}") from None
+        raise AddressError("not an IP address") from None
     if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
-        raise AddressError(f"{text!r}: a zone index (%...) is not allowed; set the interface instead")
+        raise AddressError("a zone index (%...) is not allowed; set the interface instead")
     return ip
 
 
 def _prefix(text: str, entry: str) -> int:
     if not text:
-        raise AddressError(f"{entry!r}: missing /prefix (e.g. {entry.rstrip('/')}/24; /32 for a lone host)")
+        raise AddressError("missing prefix length after / (e.g. /24; /32 for a lone host)")
     if not (text.isascii() and text.isdigit()) or len(text) > 3:
-        raise AddressError(f"{entry!r}: bad prefix length /{text}")
+        raise AddressError("bad prefix length (expected /0 to /32, or /128 for IPv6)")
     return int(text)
 
 
@@ -66,19 +75,21 @@ def parse_entry(text: str) -> Block:
     if not entry:
         raise AddressError("empty address")
     if any(c.isspace() for c in entry):
-        raise AddressError(f"expected one address, got {entry!r}")
+        raise AddressError("expected one address, got several words")
     addr, slash, pfx = entry.rpartition("/")
     if not slash:
-        raise AddressError(f"{entry!r}: missing /prefix (e.g. {entry}/24; /32 for a lone host)")
+        raise AddressError("missing /prefix (e.g. 192.0.2.10/24; /32 for a lone host)")
     prefix = _prefix(pfx, entry)
     first, dash, last = addr.partition("-")
     lo = _ip(first)
     hi = _ip(last) if dash else lo
     if lo.version != hi.version:
-        raise AddressError(f"{entry!r}: range mixes IPv4 and IPv6")
+        raise AddressError("range mixes IPv4 and IPv6")
     bits = _BITS[lo.version]
     if prefix > bits:
-        raise AddressError(f"{entry!r}: prefix /{prefix} is too long for IPv{lo.version} (at most /{bits})")
+        raise AddressError(f"prefix too long for IPv{lo.version} (at most /{bits})")
+    if prefix == 0:
+        raise AddressError("prefix /0 would put the whole address space on the link; give the subnet's prefix")
     block = Block(lo.version, int(lo), int(hi), prefix)
     if dash:
         _check_range(block, entry)
@@ -88,34 +99,28 @@ def parse_entry(text: str) -> Block:
 
 def _check_range(b: Block, entry: str) -> None:
     if b.start > b.end:
-        raise AddressError(f"{entry!r}: range start is after its end")
+        raise AddressError("range start is after its end")
     host_bits = _BITS[b.version] - b.prefix
     # A host-length prefix (/32, /128) makes every address its own network: any range is fine.
     if host_bits and b.start >> host_bits != b.end >> host_bits:
-        net_a, net_b = _net(b.version, b.start, b.prefix), _net(b.version, b.end, b.prefix)
-        raise AddressError(f"{entry!r}: range ends are in different /{b.prefix} networks ({net_a} and {net_b})")
+        raise AddressError(f"range ends are in different /{b.prefix} networks")
     if b.count > MAX_RANGE:
-        raise AddressError(f"{entry!r}: range has {_fmt(b.count)} addresses; at most {_fmt(MAX_RANGE)} per entry")
-
-
-def _net(version: int, addr: int, prefix: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    host_bits = _BITS[version] - prefix
-    cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-    return cls((addr >> host_bits << host_bits, prefix))
+        raise AddressError(f"range has more than {_fmt(MAX_RANGE)} addresses (the limit per entry)")
 
 
 def _check_special(b: Block, entry: str) -> None:
-    """IPv4 /0../30: the network and broadcast addresses are not usable host addresses."""
+    """Addresses that are never a host's (see the module docstring)."""
+    why = not_host(b.version, b.start, b.end)
+    if why is not None:
+        raise AddressError(f"is {why}" if b.count == 1 else f"range includes {why}")
     if b.version != 4 or b.prefix > 30:
         return
-    net = _net(4, b.start, b.prefix)
-    network, broadcast = int(net.network_address), int(net.broadcast_address)
-    for special, what in ((network, "network"), (broadcast, "broadcast")):
-        if b.start <= special <= b.end:
-            ip = ipaddress.IPv4Address(special)
+    net = b.start >> (32 - b.prefix) << (32 - b.prefix)
+    for what, offset in (("network", 0), ("broadcast", (1 << (32 - b.prefix)) - 1)):
+        if b.start <= net + offset <= b.end:
             if b.count == 1:
-                raise AddressError(f"{entry!r}: {ip} is the {what} address of {net}, not a host address")
-            raise AddressError(f"{entry!r}: range includes {ip}, the {what} address of {net}")
+                raise AddressError(f"is the {what} address of its /{b.prefix} network, not a host address")
+            raise AddressError(f"range includes the {what} address of its /{b.prefix} network")
 
 
 def find_overlap(blocks: Sequence[Block]) -> tuple[int, int] | None:

@@ -1,7 +1,9 @@
 """`SpecError` (one `FILE:LINE:COL: key.path: reason` line) and the translation of pydantic's
 validation errors into it: each error's `loc` is mapped to the YAML position recorded by the
 loader (`Doc.marks`), union-branch noise is dropped, and pydantic's messages are rewritten as
-short human reasons ("expected an integer, got 'abc'", "unknown key (allowed: ...)").
+short human reasons ("expected an integer, got a string", "unknown key (allowed: ...)").
+No message quotes a value from the file (pydantic's own messages and `input` may): the
+position and the key path say where, the reason says why.
 """
 
 from __future__ import annotations
@@ -34,11 +36,17 @@ _TYPE_WORDS = {
 }
 
 _PATTERNS = {
-    models.NAME_RE: "not a valid name {v!r} (letters, digits, '_', '.', '-', starting with a letter or digit; "
+    models.NAME_RE: "not a valid name (letters, digits, '_', '.', '-', starting with a letter or digit; "
     "at most 63 characters)",
-    models.IFNAME_RE: "not a valid interface name {v!r} (1 to 15 characters: letters, digits, '_', '.', '@', '-')",
-    models.UNIT_RE: "not a valid systemd unit name {v!r}",
-    models.ABS_PATH_RE: "must be an absolute path (starting with /), got {v!r}",
+    models.IFNAME_RE: "not a valid interface name (1 to 15 characters: letters, digits, '_', '.', '@', '-'; "
+    "not starting with '-')",
+    models.UNIT_RE: "not a valid systemd unit name (letters, digits, ':', '_', '.', '@', '\\', '-'; "
+    "not starting with '-', ':' or '.')",
+    models.ABS_PATH_RE: "must be an absolute path (starting with /) without control characters",
+    models.FSTYPE_RE: "not a valid file system type (a-z, 0-9, '_', '.'; at most 32 characters)",
+    models.MOUNT_OPT_RE: "not a valid mount option (letters, digits, '_', '=', '.', ',', ':', '/', '+', '-'; "
+    "not starting with '-')",
+    models.PG_USER_RE: "not a valid user name (letters, digits, '_', not starting with a digit; at most 63)",
 }
 
 
@@ -74,22 +82,24 @@ class Doc:
 
 
 def describe(v: Any) -> str:
-    """How an input value is named in a message: 'abc', an integer (5), a list, ..."""
+    """How an input value is named in a message, by its kind only (never its text): a
+    string, an integer, a list, ...  A boolean is named with its value: YAML reads yes/no/
+    on/off as booleans, and true/false says so without quoting the file."""
     if v is None:
         return "an empty value"
     if isinstance(v, bool):
         return f"a boolean ({str(v).lower()})"
     if isinstance(v, int):
-        return f"an integer ({v})"
+        return "an integer"
     if isinstance(v, float):
-        return f"a number ({v})"
+        return "a number"
     if isinstance(v, str):
-        return repr(v if len(v) <= 60 else v[:57] + "...")
+        return "an empty string" if not v else "a string"
     if isinstance(v, list):
         return "a list"
     if isinstance(v, dict):
         return "a mapping"
-    return f"a {type(v).__name__} ({str(v)[:40]})"
+    return {"date": "a date", "datetime": "a timestamp", "bytes": "binary data"}.get(type(v).__name__, "a value")
 
 
 @dataclass
@@ -187,7 +197,7 @@ def _reason(e: _Err) -> str:
               "greater_than": ("greater than", "gt"), "less_than": ("less than", "lt")}
     if t in bounds:
         word, k = bounds[t]
-        return f"must be {word} {ctx.get(k)}, got {describe(v)}"
+        return f"must be {word} {ctx.get(k)}"
     if t == "string_too_long":
         return f"too long: at most {ctx.get('max_length')} characters"
     if t == "too_short":
@@ -195,14 +205,15 @@ def _reason(e: _Err) -> str:
         return "must not be empty" if n == 1 else f"needs at least {n} entries"
     if t == "too_long":
         return f"at most {ctx.get('max_length')} entries allowed, got {len(v) if hasattr(v, '__len__') else '?'}"
-    return " ".join(str(e.err.get("msg", t)).split())
+    return f"invalid value ({t})"  # pydantic's msg may quote the input
 
 
 def _pattern(pattern: str, v: Any) -> str:
     if pattern == models.IFNAME_RE and isinstance(v, str) and len(v) > 15:
-        return f"interface name {v!r} is too long: at most 15 characters (Linux IFNAMSIZ)"
-    template = _PATTERNS.get(pattern)
-    return template.format(v=v) if template else f"invalid value {v!r} (must match {pattern})"
+        return "interface name too long: at most 15 characters (Linux IFNAMSIZ)"
+    if isinstance(v, str) and models.CONTROL_CHARS.intersection(v):
+        return _PATTERNS.get(pattern, "invalid value") + "; it contains a control character"
+    return _PATTERNS.get(pattern) or f"invalid value (must match {pattern})"
 
 
 def _unknown_key(e: _Err) -> str:

@@ -3,13 +3,18 @@
 Every problem becomes one `SpecError` whose `str()` is a single `FILE:LINE:COL: key.path:
 reason` line.  The YAML is composed by PyYAML's SafeLoader so each value keeps its mark;
 anchors/aliases, duplicate keys, non-string keys and merge keys are refused here (PyYAML
-would silently accept them).  Pydantic's errors are translated in `reconciler.spec.errors`.
+would silently accept them): with no alias, a "billion laughs" file cannot expand.
+Pydantic's errors are translated in `reconciler.spec.errors`.  No message quotes the file:
+PyYAML's problems quote the offending character or tag, so quoted parts are dropped
+(`_scrub`); the position says where.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Any
@@ -30,12 +35,12 @@ from reconciler.spec.addresses import (
     ips_file_entries,
     parse_entry,
 )
-from reconciler.spec.errors import Doc, SpecError, from_validation_error
+from reconciler.spec.errors import Doc, SpecError, describe, from_validation_error
 from reconciler.spec.models import Loc, Spec, loc_str
 
 MAX_SPEC_BYTES = 1 << 20  # the spec file; PyYAML composes ~3 s/MiB, so keep it small
 MAX_IPS_BYTES = 4 << 20  # the ips_file: plain lines, parsed fast
-IPS_LINE_REFUSED = ("not a floating address entry: expected one address with /prefix or a range "
+IPS_LINE_REFUSED = ("not a floating address entry ({why}): expected one address with /prefix or a range "
                     "(e.g. 192.0.2.10/24, 192.0.2.10-192.0.2.20/24) per line; the line is not shown")
 MAX_DEPTH = 64  # YAML nesting
 
@@ -131,23 +136,36 @@ def _compose(text: str, path: str) -> yaml.Node | None:
     except yaml.MarkedYAMLError as e:
         raise _syntax_error(e, path) from None
     except yaml.YAMLError as e:
-        raise SpecError(path, 1, 1, "yaml", " ".join(str(e).split())) from None
+        raise SpecError(path, 1, 1, "yaml", _scrub(str(e))) from None
     finally:
         if loader is not None:
             loader.dispose()
 
 
+# A quoted part of a PyYAML message: the offending character, tag or anchor, from the file.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+# What PyYAML quotes that is grammar, not the file: token names and flow indicators.
+_GRAMMAR = re.compile(r"'(<[a-z ]+>|[\[\]{},:?\-|>!&*])'")
+
+
+def _scrub(message: str) -> str:
+    """A PyYAML message without what it quotes from the file (token names kept), one line."""
+    out = _QUOTED.sub(lambda m: m.group(0) if _GRAMMAR.fullmatch(m.group(0)) else "", message)
+    out = " ".join(out.split())
+    out = re.sub(r"\bfound(?= that| ?$| ?\()", "found a character", out)
+    return out.replace(" ,", ",")
+
+
 def _syntax_error(e: yaml.MarkedYAMLError, path: str) -> SpecError:
     mark = e.problem_mark or e.context_mark
-    problem = e.problem or "syntax error"
-    if "'\\t'" in problem:
+    if "'\\t'" in (e.problem or ""):
         return SpecError(path, *_pos(mark), "yaml", "tab character used for indentation; YAML indents with spaces")
-    reason = problem
+    reason = problem = _scrub(e.problem or "syntax error")
     if e.context:
         where = ""
         if e.context_mark is not None and (mark is None or e.context_mark.line != mark.line):
             where = f" at line {e.context_mark.line + 1}"
-        reason = f"{problem} ({e.context}{where})"
+        reason = f"{problem} ({_scrub(e.context)}{where})"
     return SpecError(path, *_pos(mark), "yaml", " ".join(reason.split()))
 
 
@@ -168,11 +186,13 @@ class _Builder:
         if isinstance(node, yaml.ScalarNode):
             try:
                 return self.constructor.construct_object(node)
-            except Exception as e:  # unknown tag, impossible date, ...
-                reason = getattr(e, "problem", None) or str(e)
+            except Exception as e:  # unknown tag, impossible date, too many digits, ...
+                reason = _scrub(getattr(e, "problem", None) or str(e))[:200]
+                if "digits" in reason and isinstance(e, ValueError):
+                    reason = "an integer with more than 4300 digits"
                 raise self._error(node, loc, f"cannot read this value: {reason}") from None
         if node.tag not in (_MAP, _SEQ):
-            raise self._error(node, loc, f"unsupported YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')}")
+            raise self._error(node, loc, "unsupported YAML tag: a spec holds plain mappings, lists and values")
         if isinstance(node, yaml.SequenceNode):
             items = []
             for i, child in enumerate(node.value):
@@ -184,7 +204,7 @@ class _Builder:
             key = self._key(knode, loc)
             if key in out:
                 first = _pos(self.doc.marks[loc + (key,)][0])[0]
-                raise self._error(knode, loc + (key,), f"duplicate key {key!r} (first at line {first})")
+                raise self._error(knode, loc + (key,), f"duplicate key (first at line {first})")
             self.doc.marks[loc + (key,)] = (knode.start_mark, vnode.start_mark)
             out[key] = self.build(vnode, loc + (key,))
         return out
@@ -196,8 +216,7 @@ class _Builder:
             raise self._error(knode, loc, "merge keys (<<) are not allowed in a spec")
         key = self.build(knode, loc)
         if not isinstance(key, str):
-            kind = type(key).__name__
-            raise self._error(knode, loc, f"key {knode.value!r} is read as {kind}, not a string; quote it")
+            raise self._error(knode, loc, f"this key is read as {describe(key)}, not a string; quote it")
         return key
 
 
@@ -237,11 +256,23 @@ def _addresses(spec: Spec, doc: Doc, strict: bool = False) -> tuple[dict[str, tu
         a, b = entries[pair[0]], entries[pair[1]]
         same = a.block.count == b.block.count == 1
         verb = "repeats the address of" if same else "overlaps"
-        raise b.error(f"{b.text} {verb} {a.text} ({a.where(b.file)})")
+        raise b.error(f"{verb} {a.where(b.file)}")
+    _not_a_node_address(spec, entries)
     addresses = group_expand((e.iface, e.block) for e in entries)
     if spec.floating_ips.interface is not None:  # managed even when empty: emptying the list removes ours
         addresses.setdefault(spec.floating_ips.interface, ())
     return addresses, ips_bytes
+
+
+def _not_a_node_address(spec: Spec, entries: list[_Entry]) -> None:
+    """A floating address (or range) must not take a node's own address: the node would lose
+    it, and the peer channel with it, whenever it is not the primary."""
+    for name, node in spec.nodes.items():
+        ip = ipaddress.ip_address(node.address)
+        for e in entries:
+            if e.block.version == ip.version and e.block.start <= int(ip) <= e.block.end:
+                what = "is" if e.block.count == 1 else "includes"
+                raise e.error(f"{what} the address of node {name} (nodes.{name}.address)")
 
 
 def _spec_entries(spec: Spec, doc: Doc) -> list[_Entry]:
@@ -282,9 +313,9 @@ def _ips_file_entries(spec: Spec, doc: Doc, strict: bool = False) -> tuple[bytes
     for line, entry in ips_file_entries(text):
         try:
             block = parse_entry(entry)
-        except AddressError:
-            # Never the line's text (nor the parser's message, which quotes it): the path may
-            # name a file of secrets, and this error is logged and kept in the state file.
-            raise SpecError(fi.ips_file, line, 1, "ips_file", IPS_LINE_REFUSED) from None
+        except AddressError as e:
+            # Never the line's text (the parser's reasons never quote it): the path may name a
+            # file of secrets, and this error is logged and kept in the state file.
+            raise SpecError(fi.ips_file, line, 1, "ips_file", IPS_LINE_REFUSED.format(why=e)) from None
         out.append(_Entry(block, fi.interface, entry, fi.ips_file, line, 1, "ips_file"))
     return data, out

@@ -5,6 +5,12 @@ the YAML with line numbers and turning pydantic's errors into `FILE:LINE:COL: ke
 reason` lines is `reconciler.spec.load`.  Cross-field rules (primary names a node, no
 two floating addresses overlap, ...) live here as model validators so that the JSON
 Schema, the editor and the loader all agree on one definition.
+
+Every string that reaches an external command, a conninfo string or a config file is
+checked here: names are patterns that cannot start with '-' (no option injection), paths
+are absolute and hold no control character (C0 or DEL: a newline or a NUL in a data_dir
+would add conninfo options or config lines).  Error messages never quote the value: the
+loader points at it by FILE:LINE:COL, and the file may be one the user must not read.
 """
 
 from __future__ import annotations
@@ -19,30 +25,50 @@ NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # Linux IFNAMSIZ is 16 including the NUL; '/', ':' and whitespace are refused by the kernel
 # or by iproute2, and "." / ".." are refused as names (by a validator: pydantic-core's regex
 # engine has no look-ahead).
-IFNAME_RE = r"^[A-Za-z0-9_.@-]{1,15}$"
-UNIT_RE = r"^[A-Za-z0-9:_.@\\-]{1,255}$"
+# A leading '-' would read as an option to ip/arping/... (Linux itself allows it).
+IFNAME_RE = r"^[A-Za-z0-9_.@][A-Za-z0-9_.@-]{0,14}$"
+# systemd's unit name characters; never starting with '-' (`--now` is an option to
+# systemctl, and '-.mount'/'-.slice' are the root units), ':' or '.'; see _unit_name.
+UNIT_RE = r"^[A-Za-z0-9_\\][A-Za-z0-9:_.@\\-]{0,254}$"
+FSTYPE_RE = r"^[a-z0-9_.]{1,32}$"
+MOUNT_OPT_RE = r"^[A-Za-z0-9_][A-Za-z0-9_=.,:/+-]{0,127}$"
+PG_USER_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+CONTROL_CHARS = frozenset(map(chr, [*range(0x20), 0x7F]))
 
 NodeName = Annotated[str, StringConstraints(pattern=NAME_RE)]
 
 
 def _not_dots(v: str) -> str:
     if v in (".", ".."):
-        raise ValueError(f"not a valid interface name: {v!r}")
+        raise ValueError("not a valid interface name ('.' and '..' are refused by Linux)")
+    return v
+
+
+def _unit_name(v: str) -> str:
+    if "@." in v or v.endswith("@"):
+        raise ValueError("a template unit (name@.service) cannot be started: give the instance (name@inst.service)")
     return v
 
 
 IfName = Annotated[str, StringConstraints(pattern=IFNAME_RE), AfterValidator(_not_dots)]
-ABS_PATH_RE = r"^/[^\x00]*$"
+ABS_PATH_RE = r"^/[^\x00-\x1f\x7f]*$"
 AbsPath = Annotated[str, StringConstraints(pattern=ABS_PATH_RE, max_length=4096)]
 
 
 Loc = tuple[str | int, ...]
 
 
+_SHOWN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
+
+
 def loc_str(loc: Loc) -> str:
-    """('floating_ips', 'addresses', 3) -> 'floating_ips.addresses[3]'."""
+    """('floating_ips', 'addresses', 3) -> 'floating_ips.addresses[3]'.  A key that is not a
+    plain name (a space, a quote, a colon, a control character, 65+ characters, ...) is shown as
+    <key>: the line and column point at it, and the message stays one line."""
     out = ""
     for part in loc:
+        if not isinstance(part, int) and not _SHOWN_KEY.fullmatch(part):
+            part = "<key>"
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
@@ -59,17 +85,18 @@ class SpecValueError(ValueError):
 
 def _unique(seen: dict[object, str], value: object, loc: Loc, what: str) -> None:
     if value in seen:
-        raise SpecValueError(loc, f"duplicate {what} {str(value)!r} (already at {seen[value]})")
+        raise SpecValueError(loc, f"duplicate {what} (the same as {seen[value]})")
     seen[value] = loc_str(loc)
 
 
 def _check_source(src: str, nodes: dict[str, Node]) -> None:
     if src == "primary" or src in nodes:
         return
-    m = re.match(r"^[A-Za-z0-9.:\[\]-]+:(\d{1,5})$", src)
+    # fullmatch: '$' would also match before a trailing newline (a conninfo injection)
+    m = re.fullmatch(r"[A-Za-z0-9.:\[\]][A-Za-z0-9.:\[\]-]*:(\d{1,5})", src)
     if not m or not 1 <= int(m.group(1)) <= 65535:
         raise SpecValueError(
-            ("postgres", "replication_source"), f"{src!r} is neither 'primary', a node name nor host:port"
+            ("postgres", "replication_source"), "neither 'primary', a node name nor host:port (host not starting with '-')"
         )
 
 
@@ -85,10 +112,25 @@ class Node(_Strict):
     @field_validator("address")
     @classmethod
     def _ip(cls, v: str) -> str:
+        """The peer server binds this address and the peer connects to it: a wildcard or
+        group address can only be a mistake.  Loopback is allowed (tests run two agents on
+        one host); link-local IPv6 is refused for want of a zone."""
         try:
-            ipaddress.ip_address(v)
+            ip = ipaddress.ip_address(v)
         except ValueError:
-            raise ValueError(f"not an IP address: {v!r}") from None
+            raise ValueError("not an IP address (e.g. 192.0.2.1 or 2001:db8::1)") from None
+        if ip.is_unspecified:
+            raise ValueError("the unspecified address (0.0.0.0, ::) would make the peer server listen on every "
+                             "interface; give this node's own address")
+        if ip.is_multicast:
+            raise ValueError("a multicast address cannot be a node's address")
+        if ip == ipaddress.IPv4Address("255.255.255.255"):
+            raise ValueError("the limited broadcast address cannot be a node's address")
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.scope_id is not None or ip.is_link_local:
+                raise ValueError("a link-local IPv6 address needs a zone, which a node address cannot carry")
+            if ip.ipv4_mapped is not None:
+                raise ValueError("an IPv4-mapped IPv6 address (::ffff:a.b.c.d): write the IPv4 address")
         return v
 
 
@@ -118,8 +160,8 @@ class DrbdResource(_Strict):
     name: NodeName
     device: AbsPath = Field(description="e.g. /dev/drbd0")
     mount: AbsPath | None = Field(default=None, description="mount point on the Primary")
-    fstype: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.]{1,32}$")] = "ext4"
-    options: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_=.,:/+-]{1,128}$")]] = Field(
+    fstype: Annotated[str, StringConstraints(pattern=FSTYPE_RE)] = "ext4"
+    options: list[Annotated[str, StringConstraints(pattern=MOUNT_OPT_RE)]] = Field(
         default_factory=list
     )
 
@@ -130,7 +172,7 @@ class Postgres(_Strict):
     data_dir: AbsPath
     bin_dir: AbsPath = "/usr/lib/postgresql/15/bin"
     port: int = Field(default=5432, ge=1, le=65535)
-    replication_user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] = "replicator"
+    replication_user: Annotated[str, StringConstraints(pattern=PG_USER_RE)] = "replicator"
     password_file: AbsPath | None = None
     socket_dir: AbsPath | None = Field(
         default=None,
@@ -158,15 +200,22 @@ class CommandSet(_Strict):
     @field_validator("start", "stop", "status")
     @classmethod
     def _abs(cls, v: list[str]) -> list[str]:
+        """The program: an absolute path without control characters.  Its arguments may hold
+        a tab or a newline (a `sh -c` script), never a NUL nor another control character."""
         if not v[0].startswith("/"):
-            raise ValueError(f"the program must be an absolute path: {v[0]!r}")
+            raise ValueError("the program must be an absolute path")
+        if CONTROL_CHARS.intersection(v[0]):
+            raise ValueError("the program path contains a control character")
+        for arg in v[1:]:
+            if CONTROL_CHARS.difference("\t\n").intersection(arg):
+                raise ValueError("an argument contains a control character (other than tab or newline)")
         return v
 
 
 class Service(_Strict):
     """A service run on the Primary only: a systemd unit, or the given `commands`."""
 
-    name: Annotated[str, StringConstraints(pattern=UNIT_RE)]
+    name: Annotated[str, StringConstraints(pattern=UNIT_RE), AfterValidator(_unit_name)]
     commands: CommandSet | None = Field(
         default=None, description="start/stop/status argv lists; without it the name is a systemd unit"
     )
@@ -231,13 +280,13 @@ class Spec(_Strict):
 
     def _check_roles(self) -> None:
         if self.primary != "none" and self.primary not in self.nodes:
-            raise SpecValueError(("primary",), f"{self.primary!r} is not one of the nodes ({', '.join(self.nodes)})")
+            raise SpecValueError(("primary",), f"not one of the nodes ({', '.join(self.nodes)}) nor 'none'")
         seen: dict[object, str] = {}
         for i, n in enumerate(self.fenced):
             if n not in self.nodes:
-                raise SpecValueError(("fenced", i), f"{n!r} is not one of the nodes ({', '.join(self.nodes)})")
+                raise SpecValueError(("fenced", i), f"not one of the nodes ({', '.join(self.nodes)})")
             if n == self.primary:
-                raise SpecValueError(("fenced", i), f"{n!r} cannot be fenced and primary at once")
+                raise SpecValueError(("fenced", i), "the primary node cannot be fenced too")
             _unique(seen, n, ("fenced", i), "node")
 
     def peer_of(self, node: str) -> str | None:
