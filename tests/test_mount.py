@@ -92,6 +92,25 @@ def test_mount_refuses_when_something_else_is_there(loopdev: str, tmp_path: Path
         subprocess.run(["umount", mp], timeout=30)
 
 
+def test_mount_refuses_a_mount_point_under_a_directory_another_user_owns(loopdev: str, tmp_path: Path) -> None:
+    """The owner of `shared` could replace `mnt` by a link to /etc between the check and the
+    mount: root mounts only where every directory above is root's."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 65534, 65534)
+    mp = shared / "mnt"
+    with pytest.raises(MountError, match=f"refusing the mount point {mp}: its directory {shared} is owned by .*"
+                                         f"fix: chown root {shared}"):
+        mount(loopdev, str(mp), "ext4")
+    assert not mp.exists() and read_mounts([str(mp)]) == {}
+    os.chown(shared, 0, 0)
+    mount(loopdev, str(mp), "ext4")
+    try:
+        assert read_mounts([str(mp)])[str(mp)].source == loopdev
+    finally:
+        unmount(str(mp))
+
+
 def _holder(args: list[str], cwd: str | None = None) -> subprocess.Popen[bytes]:
     code = "import os,sys,time\n" + "\n".join(args) + "\nprint('ready', flush=True)\ntime.sleep(60)\n"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=cwd, stdout=subprocess.PIPE)

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 
-from reconciler import _cmd
+from reconciler import _cmd, trust
 from reconciler.observe.mount import read_mounts
 from reconciler.observe.openers import device_openers
 
@@ -33,7 +33,8 @@ def _check_path(path: str, what: str) -> str:
 
 
 def mount(device: str, mountpoint: str, fstype: str, options: Sequence[str] = ()) -> None:
-    """Mount `device` on `mountpoint` (created, mode 0755, if missing)."""
+    """Mount `device` on `mountpoint` (created, mode 0755, if missing), refused when a directory
+    above the mount point is not root's (`trust.check_dirs`)."""
     device = _check_path(device, "device")
     mountpoint = _check_path(mountpoint, "mount point")
     if not _FSTYPE_RE.match(fstype):
@@ -46,6 +47,10 @@ def mount(device: str, mountpoint: str, fstype: str, options: Sequence[str] = ()
         if os.path.realpath(current.source) == os.path.realpath(device):
             return
         raise MountError(f"{mountpoint}: {current.source} ({current.fstype}) is mounted there, not {device}")
+    try:  # a user who can write a directory above could swap the mount point for a link to /etc
+        trust.check_dirs(mountpoint, "mount point")
+    except trust.UntrustedError as e:
+        raise MountError(str(e)) from None
     os.makedirs(mountpoint, mode=0o755, exist_ok=True)
     argv = ["mount", "-t", fstype, *(["-o", ",".join(options)] if options else []), device, mountpoint]
     res = _cmd.run(argv, timeout=MOUNT_TIMEOUT_S)
