@@ -214,9 +214,15 @@ def _analyse(c, frm: str, to: str, marks: dict[str, int], t_wall: float, t_mono:
         "new: add_addresses (1,000)": dur(to, "add_addresses"),
         "add_addresses done → Writer's first ack": diff(at(to, "add_addresses", True), first_after),
         "add_addresses done → fast client's first ack": diff(at(to, "add_addresses", True), f_first),
-        "old remove_addresses starts → add_addresses done (VIP nowhere)": diff(at(frm, "remove_addresses"),
-                                                                             at(to, "add_addresses", True)),
+        "VIP on neither node (old remove_addresses starts → new add_addresses done, if after)": _pos(
+            diff(at(frm, "remove_addresses"), at(to, "add_addresses", True))),
+        "VIP on both, the old serving nothing (new add_addresses done → old remove_addresses starts)": _pos(
+            diff(at(to, "add_addresses", True), at(frm, "remove_addresses"))),
     }
+
+
+def _pos(x: float | None) -> float | None:
+    return None if x is None else max(0.0, x)
 
 
 def run(report: Report, quick: bool = False) -> None:

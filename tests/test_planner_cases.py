@@ -100,13 +100,70 @@ def test_removing_a_subnet_primary_with_survivors_sets_promote_secondaries_first
 def test_demotion_removes_secondaries_before_primaries_and_never_needs_promote():
     spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
     p = plan(spec, "mx1", snap("converged", "mx1"), snap("converged", "mx2"))
-    # PostgreSQL stops while its clients can still hear it; then the addresses go
-    assert kinds(p)[:4] == [Kind.STOP_SERVICE, Kind.PG_STOP, Kind.REMOVE_ADDRESSES, Kind.REMOVE_ADDRESSES]
-    v4 = [a for a in p.actions[2].items if a.version == 4]
+    # PostgreSQL stops while its clients can still hear it; the DRBD Secondary the new Primary
+    # needs comes next; the addresses go last, once the new Primary holds them
+    assert kinds(p)[:6] == [Kind.STOP_SERVICE, Kind.PG_STOP, Kind.UNMOUNT, Kind.DRBD_SECONDARY,
+                            Kind.REMOVE_ADDRESSES, Kind.REMOVE_ADDRESSES]
+    v4 = [a for a in p.actions[4].items if a.version == 4]
     assert len(v4) == 41 and v4[-1] == A("192.0.2.10/24")  # the subnet's primary goes last
-    assert "reset first" in p.actions[2].reason
+    assert "reset first" in p.actions[4].reason
     assert Kind.SET_PROMOTE_SECONDARIES not in kinds(p)
-    assert kinds(p)[-2:] == [Kind.UNMOUNT, Kind.DRBD_SECONDARY]
+
+
+def _moved(obs: NodeObservation, frm: NodeObservation) -> NodeObservation:
+    """`obs` holding the addresses `frm` holds (tags and all)."""
+    return obs.model_copy(update={"interfaces": frm.interfaces})
+
+
+def _stopped(obs: NodeObservation) -> NodeObservation:
+    services = {k: v.model_copy(update={"active": False}) for k, v in obs.services.items()}
+    return obs.model_copy(update={"postgres": PostgresObs(running=False, cluster_state="shut down"),
+                                  "services": services})
+
+
+def test_old_primary_keeps_the_addresses_until_the_new_one_holds_them():
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    # mx1 has stopped its services and PostgreSQL (the shutdown checkpoint has reached mx2),
+    # unmounted and demoted its DRBD resources: mx2 can promote and take the addresses
+    old, new = _stopped(snap("converged", "mx1")), snap("converged", "mx2")
+    ppg = old.postgres.model_copy(update={"checkpoint_lsn": "0/3039128", "checkpoint_end_lsn": "0/30391A0",
+                                          "checkpoint_timeline": 1,
+                                          "system_identifier": new.postgres.system_identifier})
+    npg = new.postgres.model_copy(update={"receive_lsn": "0/30391A0", "replay_lsn": "0/30391A0", "timeline": 1})
+    primary_here = old.model_copy(update={"postgres": ppg})
+    demoted = {k: v.model_copy(update={"role": "Secondary", "peer_role": "Secondary"}) for k, v in old.drbd.items()}
+    old = primary_here.model_copy(update={"drbd": demoted, "mounts": {}})
+    new = new.model_copy(update={"postgres": npg, "drbd": {k: v.model_copy(update={"peer_role": "Secondary"})
+                                                            for k, v in new.drbd.items()}})
+    assert not any(a.blocked for a in plan(spec, "mx2", new, old).actions[:2])  # mx2 is on its way
+    remove = [a for a in plan(spec, "mx1", old, new).actions if a.kind is Kind.REMOVE_ADDRESSES]
+    assert remove and all(a.blocked for a in remove)
+    assert remove[0].waiting_on[0].startswith("kept here, refusing connections, until the Primary mx2 holds ")
+    # the new Primary holds them: they go
+    remove = [a for a in plan(spec, "mx1", old, _moved(new, old)).actions if a.kind is Kind.REMOVE_ADDRESSES]
+    assert remove and not any(a.blocked for a in remove)
+    # an unreachable peer holds nothing up
+    assert not any(a.blocked for a in plan(spec, "mx1", old, None).actions if a.kind is Kind.REMOVE_ADDRESSES)
+    # nor does a Primary that needs more from this node first: its DRBD Secondary, or a source to clone
+    assert not any(a.blocked for a in plan(spec, "mx1", primary_here, new).actions if a.kind is Kind.REMOVE_ADDRESSES)
+    to_clone = new.model_copy(update={"postgres": PostgresObs(running=False, data_dir_empty=True)})
+    assert not any(a.blocked for a in plan(spec, "mx1", old, to_clone).actions if a.kind is Kind.REMOVE_ADDRESSES)
+
+
+def test_new_primary_adds_the_addresses_the_old_one_holds_only_while_it_serves_nothing():
+    spec = spec_with(**{"\nprimary: mx1 ": "\nprimary: mx2 "})
+    old, promoted = snap("converged", "mx1"), snap("converged", "mx1").model_copy(update={"node": "mx2"})
+    unaddressed = promoted.model_copy(update={"interfaces": snap("converged", "mx2").interfaces})
+    add = next(a for a in plan(spec, "mx2", unaddressed, old).actions if a.kind is Kind.ADD_ADDRESSES)
+    assert add.blocked  # the old Primary's PostgreSQL and services still run
+    add = next(a for a in plan(spec, "mx2", unaddressed, _stopped(old)).actions if a.kind is Kind.ADD_ADDRESSES)
+    assert not add.blocked
+    assert any("but runs none of the services and its PostgreSQL is stopped" in g.text for g in add.guards)
+    # one service still running there: no overlap
+    running = _stopped(old)
+    running = running.model_copy(update={"services": {**running.services, next(iter(running.services)):
+                                                       next(iter(old.services.values()))}})
+    assert next(a for a in plan(spec, "mx2", unaddressed, running).actions if a.kind is Kind.ADD_ADDRESSES).blocked
 
 
 def test_promotion_waits_for_the_shutdown_checkpoint_with_the_exact_positions():

@@ -92,6 +92,10 @@ def _peer_always_released(ctx):
     return Guard(plan_handover.NAME, True, "mutant")
 
 
+def _always_serves_nothing(ctx, obs):
+    return "mutant"
+
+
 NO_HANDOVER = (plan_handover, "peer_released", _peer_always_released)
 
 # name -> (the patches that remove the guard, the machine that must catch it)
@@ -103,6 +107,9 @@ MUTANTS = {
                                               SafetyOnly),
     "planning from a partial observation": ([(plan_unknown, "unobserved", _plans_from_a_guess)], SafetyOnlyBlind),
     "taking the services before the peer released them": ([NO_HANDOVER], SafetyOnly),
+    # the address overlap of a switchover is allowed only while the old node serves nothing
+    "overlapping addresses with a peer that still serves": (
+        [(plan_handover, "serves_nothing", _always_serves_nothing)], SafetyOnly),
 }
 
 

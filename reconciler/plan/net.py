@@ -4,7 +4,11 @@ Rules enforced here:
 - Only addresses carrying our tag (`owned`) are ever removed; an untagged address equal
   to a desired one is adopted on the Primary, and reported (never touched) elsewhere.
 - An address is added only when the peer holds none of the addresses being added (tagged
-  or not), and none of ours at all, and runs none of the services (`handover`).
+  or not), and none of ours at all, and runs none of the services (`handover`); or when
+  the peer still holds them but serves nothing (`handover.serves_nothing`).
+- A node that is not the Primary keeps its addresses (serving nothing: its services and
+  PostgreSQL stop first) until it sees the Primary holding them, so that they are never on
+  no node at all; an unreachable peer, or one that cannot take them, does not hold them up.
 - Removing an IPv4 subnet's primary address drops its secondaries unless
   promote_secondaries is set: the plan sets it first whenever an address must survive,
   and lists removals secondaries-first so nothing is dropped as a side effect.
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 from reconciler.address import Address
 from reconciler.model import AddressObs, InterfaceObs, NodeObservation
-from reconciler.plan import handover
+from reconciler.plan import drbd, handover, postgres, unknown
 from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan.context import Ctx
 
@@ -38,7 +42,47 @@ def _peer_free_guard(ctx: Ctx, items: tuple[Address, ...]) -> Guard:
     if not clash:
         return Guard("peer_holds_none", True, f"peer {ctx.peer_name} holds none of these addresses")
     more = f" (and {len(clash) - 1:,} more)" if len(clash) > 1 else ""
+    idle = handover.serves_nothing(ctx, ctx.peer) if ctx.peer is not None else None
+    if idle is not None:
+        return Guard("peer_holds_none", True, f"peer {ctx.peer_name} still holds {clash[0]}{more} but {idle}: "
+                                              "added here before it drops them, so none is held by no one")
     return Guard("peer_holds_none", False, f"peer {ctx.peer_name} still holds {clash[0]}{more}")
+
+
+def _peer_on_its_way(ctx: Ctx, peer: NodeObservation) -> bool:
+    """The Primary needs nothing more from this node to take the addresses: its own plan (the
+    same pure planner, from its side of the same two observations) has no DRBD or PostgreSQL
+    step that waits.  Otherwise (a standby to catch up or to clone from here first, a
+    resource to connect) keeping them could wait forever: they go now, as they always did."""
+    theirs = Ctx(ctx.spec, peer.node, peer, ctx.own)
+    if unknown.unobserved(theirs):
+        return False
+    steps = drbd.plan_drbd_primary(theirs)[0] + postgres.plan_postgres(theirs)[0]
+    return not any(a.blocked for a in steps)
+
+
+def _primary_took_them(ctx: Ctx, remove: set[Address]) -> Guard | None:
+    """On a node that is not the Primary: a guard that keeps `remove` here until the observed
+    Primary holds those it is to hold; None (remove now) when the peer is unreachable, is not
+    the Primary, cannot take them (an interface it does not report) or is not on its way."""
+    peer = ctx.peer
+    if ctx.is_primary or peer is None or ctx.spec.model.primary != ctx.peer_name:
+        return None
+    if "net" in peer.failed_parts() or not set(ctx.spec.addresses) <= set(peer.interfaces):
+        return None
+    if any(not peer.interfaces[n].exists for n in ctx.spec.addresses):
+        return None
+    if not _peer_on_its_way(ctx, peer):
+        return None
+    wanted = {a.host for items in ctx.spec.address_sets.values() for a in items}
+    held = peer_ips(peer)
+    waiting = [a for a in sorted(remove) if a.host in wanted and a.host not in held]
+    if not waiting:
+        return Guard("primary_holds_them", True, f"the Primary {ctx.peer_name} holds them")
+    more = f" (and {len(waiting) - 1:,} more)" if len(waiting) > 1 else ""
+    return Guard("primary_holds_them", False,
+                 f"kept here, refusing connections, until the Primary {ctx.peer_name} holds {waiting[0]}{more}: "
+                 "an address on no node makes a client's connection attempt vanish for a second")
 
 
 def _removal_order(iface: InterfaceObs, remove: set[Address]) -> tuple[list[Address], bool]:
@@ -66,6 +110,7 @@ def _removal_order(iface: InterfaceObs, remove: set[Address]) -> tuple[list[Addr
 def _remove_actions(ctx: Ctx, name: str, iface: InterfaceObs, remove: set[Address], why: str) -> list[Action]:
     if not remove:
         return []
+    took = _primary_took_them(ctx, remove)
     ordered, need_promote = _removal_order(iface, remove)
     out: list[Action] = []
     if need_promote and iface.promote_secondaries is not True:
@@ -78,7 +123,7 @@ def _remove_actions(ctx: Ctx, name: str, iface: InterfaceObs, remove: set[Addres
             )
         )
     why += " (TCP connections on them are reset first, so that their clients reconnect at once)"
-    out.append(Action(Kind.REMOVE_ADDRESSES, name, why, items=tuple(ordered)))
+    out.append(Action(Kind.REMOVE_ADDRESSES, name, why, items=tuple(ordered), guards=(took,) if took else ()))
     return out
 
 

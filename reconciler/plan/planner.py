@@ -5,13 +5,15 @@ Order on the node that must be Primary (each step guarded on the peer's observed
   -> floating addresses added (and announced) -> services started in spec order.
   Addresses and services wait until the peer has released all of its own (`handover`).
 Order on any other node (demotion):
-  services stopped in reverse -> PostgreSQL CHECKPOINT + fast stop -> floating addresses
-  removed (their TCP connections reset first) -> unmount -> DRBD Secondary
-  -> DRBD up/connect -> rejoin as a standby.
+  services stopped in reverse -> PostgreSQL CHECKPOINT + fast stop -> unmount -> DRBD
+  Secondary -> floating addresses removed once the Primary holds them (their TCP
+  connections reset first) -> DRBD up/connect -> rejoin as a standby.
 A writable PostgreSQL stops while its addresses are still here: its clients receive its
 own "terminating connection" and FIN, new connection attempts are refused at once instead
-of vanishing (a lost SYN costs a client a 1 s retransmission), and the peer, which waits
-for this shutdown and not for the addresses, promotes while they are being removed.
+of vanishing (a lost SYN costs a client a 1 s retransmission).  The peer waits for this
+shutdown (and for the DRBD Secondary), not for the addresses: it promotes and adds the
+addresses while they are still here, serving nothing, and only then are they removed here
+(`handover`), so that there is no moment in which no node holds them.
 Nothing is planned from a partial observation: a part of this node's state that could
 not be read (or a PostgreSQL that is starting or stopping) is an AWAIT that blocks (see
 `unknown`).  The executor runs the first action only and observes again, so a later action's own
@@ -79,6 +81,8 @@ def _secondary(ctx: Ctx) -> tuple[list[Action], list[str]]:
     pg_actions, pg_notes = postgres.plan_postgres(ctx)
     pg_stop = [a for a in pg_actions if a.kind is Kind.PG_STOP]  # see the module's docstring
     pg_rest = [a for a in pg_actions if a.kind is not Kind.PG_STOP]
-    actions = (_services(ctx, start=False) + pg_stop + addr_actions + drbd.plan_unmounts(ctx) + drbd_actions
+    demote = [a for a in drbd_actions if a.kind is Kind.DRBD_SECONDARY]  # before the addresses: the
+    drbd_rest = [a for a in drbd_actions if a.kind is not Kind.DRBD_SECONDARY]  # Primary needs it first
+    actions = (_services(ctx, start=False) + pg_stop + drbd.plan_unmounts(ctx) + demote + addr_actions + drbd_rest
                + pg_rest)
     return actions, addr_notes + drbd_notes + pg_notes

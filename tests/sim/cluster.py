@@ -193,8 +193,11 @@ class SimCluster:
             out.append("both PostgreSQL writable")
         floating = {ipaddress.ip_interface(a.text).ip for s in self.specs for a in s.all_addresses}
         held = [{ipaddress.ip_interface(a.address).ip for i in n.ifaces.values() for a in i.addresses} & floating for n in on]
-        if len(held) == 2 and held[0] & held[1]:
-            out.append(f"floating address on both nodes: {sorted(map(str, held[0] & held[1]))[:3]}")
+        # Restated (issue 14): one address may be on both nodes only while one of them serves
+        # nothing (PostgreSQL stopped, no service running): a client then reaches either a
+        # server or a refusal, never two servers (plan/handover.py).
+        if len(held) == 2 and held[0] & held[1] and not any(_serves_nothing(n) for n in on):
+            out.append(f"floating address on both nodes, both serving: {sorted(map(str, held[0] & held[1]))[:3]}")
         if not w.fenced_ever:
             for n in writable:
                 tokens = {t for _, t in n.pg.wal}
@@ -202,3 +205,8 @@ class SimCluster:
                 if lost:
                     out.append(f"{n.name} is writable but lacks acknowledged commits {lost[:3]}")
         return out
+
+
+def _serves_nothing(n: Node) -> bool:
+    """The node answers no client: PostgreSQL not running and no service running."""
+    return not n.pg.running and not any(n.services.values())
