@@ -142,6 +142,15 @@ def test_old_primary_keeps_the_addresses_until_the_new_one_holds_them():
     # the new Primary holds them: they go
     remove = [a for a in plan(spec, "mx1", old, _moved(new, old)).actions if a.kind is Kind.REMOVE_ADDRESSES]
     assert remove and not any(a.blocked for a in remove)
+    # mx2's observation taken a moment before the shutdown ended (the checkpoint still in flight
+    # to it, streaming from here): it is on its way all the same
+    lagging = new.model_copy(update={"postgres": npg.model_copy(update={"receive_lsn": "0/3039128",
+                                                                        "replay_lsn": "0/3039128"})})
+    assert lagging.postgres.wal_receiver.status == "streaming"
+    assert all(a.blocked for a in plan(spec, "mx1", old, lagging).actions if a.kind is Kind.REMOVE_ADDRESSES)
+    # the same lag without a stream from here is a promotion that may never come: they go
+    cut = lagging.model_copy(update={"postgres": lagging.postgres.model_copy(update={"wal_receiver": None})})
+    assert not any(a.blocked for a in plan(spec, "mx1", old, cut).actions if a.kind is Kind.REMOVE_ADDRESSES)
     # an unreachable peer holds nothing up
     assert not any(a.blocked for a in plan(spec, "mx1", old, None).actions if a.kind is Kind.REMOVE_ADDRESSES)
     # nor does a Primary that needs more from this node first: its DRBD Secondary, or a source to clone

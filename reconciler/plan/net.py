@@ -19,6 +19,7 @@ from __future__ import annotations
 from reconciler.address import Address
 from reconciler.model import AddressObs, InterfaceObs, NodeObservation
 from reconciler.plan import drbd, handover, postgres, unknown
+from reconciler.plan import pg_position as pos
 from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan.context import Ctx
 
@@ -58,7 +59,22 @@ def _peer_on_its_way(ctx: Ctx, peer: NodeObservation) -> bool:
     if unknown.unobserved(theirs):
         return False
     steps = drbd.plan_drbd_primary(theirs)[0] + postgres.plan_postgres(theirs)[0]
-    return not any(a.blocked for a in steps)
+    return all(_wal_in_flight(ctx, peer, a) for a in steps if a.blocked)
+
+
+def _wal_in_flight(ctx: Ctx, peer: NodeObservation, a: Action) -> bool:
+    """The one wait of the Primary's that lifts without this node: its promotion waiting for
+    the end of this node's shutdown checkpoint while it was streaming from here.  A clean
+    fast shutdown returns only once the walsenders have had all WAL confirmed, so the
+    standby already has it and only its observation, taken a moment earlier, lags."""
+    own, theirs = ctx.own.postgres, peer.postgres
+    if a.kind is not Kind.PG_PROMOTE or own is None or theirs is None or own.cluster_state != pos.CLEAN_PRIMARY:
+        return False
+    if any(g.name != "peer_not_ahead" for g in a.guards if not g.holds):
+        return False
+    rx = theirs.wal_receiver
+    return (theirs.running and theirs.in_recovery is True and rx is not None and rx.status == "streaming"
+            and rx.received_tli == own.checkpoint_timeline)
 
 
 def _primary_took_them(ctx: Ctx, remove: set[Address]) -> Guard | None:
