@@ -3,6 +3,12 @@
 The initramfs holds the static busybox, the modules needed to mount the host's root over
 virtio-9p (read-only, with a tmpfs overlay on top) and two short sh scripts: `init` (mount,
 switch_root) and `lab-init` (PID 1 afterwards: network, host name, then the agent forever).
+
+The guest mounts fresh tmpfs on /tmp and /run, hiding the host's.  `init` therefore keeps
+the 9p mount itself reachable at /.host in the new root (moved, not bound: a virtio-9p tag
+mounts only once), and `lab-init` bind-mounts each `lab.keep` path under /tmp or /run (the
+checkout, the venv: `Layout.guest_keep`) from there back at its own path, read-only, then
+unmounts /.host so that nothing else of the host's /tmp and /run shows.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroo
 mount -t tmpfs -o mode=0755 tmpfs /rw && mkdir /rw/upper /rw/work || fail "tmpfs"
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot || fail "overlay"
 cp /lab-init /newroot/lab-init || fail "cp lab-init"
+mkdir -p /newroot/.host && mount --move /lower /newroot/.host || fail "move host root"
 for d in dev proc sys; do mount --move "/$d" "/newroot/$d" || fail "move $d"; done
 exec switch_root /newroot /bin/busybox sh /lab-init
 """
@@ -35,10 +42,17 @@ LAB_INIT = r"""# PID 1 on the overlay root: set up, then run the agent in the fo
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C HOME=/root
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
+arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}";; esac; done; }
 mount -t tmpfs -o mode=0755 tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
+# The checkout and the venv may live under the host's /tmp or /run, just hidden: show each
+# again at its own path, read-only, from the host's root kept at /.host by init.
+for p in $(arg lab.keep | tr , ' '); do
+  case "$p" in /tmp/*|/run/*) ;; *) continue;; esac
+  mkdir -p "$p" && mount --bind "/.host$p" "$p" || echo "lab: cannot show host $p" >/dev/console
+done
+umount /.host && rmdir /.host || echo "lab: cannot unmount /.host" >/dev/console
 mkdir -p /run/lock; ln -s /proc/self/fd /dev/fd
 for i in 0:stdin 1:stdout 2:stderr; do ln -s "/proc/self/fd/${i%%:*}" "/dev/${i#*:}"; done
-arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}";; esac; done; }
 hostname "$(arg lab.host)"
 modprobe -a virtio_net virtio_blk virtio_console
 ip link set lo up

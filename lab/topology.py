@@ -25,9 +25,11 @@ DISK_MB = 256
 MEM_MB = 512
 DRBD_DISK = "/dev/vda"  # the only virtio disk in each VM: the DRBD backing device
 CHECKOUT = Path(__file__).resolve().parents[1]
-# A host path shown to the guest goes on the kernel command line and into an overlay
-# mount option: nothing that either would split.
+# A host path shown to the guest goes on the kernel command line and into a shell word
+# of the guest's lab-init: nothing that either would split.
 GUEST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@=-]*$")
+# The guests mount fresh tmpfs here; a kept path below one is bind-mounted back (lab.initrd).
+HIDDEN_DIRS = ("/tmp", "/run")
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,9 @@ class Layout:
         """Host directories the guest must see at the same path: the code and the venv.
 
         The guest mounts fresh tmpfs on /tmp and /run (a host's /run would make its tools
-        believe systemd runs), so a checkout or venv under either is re-shown there from
-        the host's root (see lab.initrd).  Nested paths collapse into their parent."""
+        believe systemd runs), so a checkout or venv under either is bind-mounted back there,
+        read-only, from the host's root (see lab.initrd); the guest ignores the others, which
+        it sees anyway.  Nested paths collapse into their parent."""
         paths = sorted({os.path.normpath(str(self.code)), os.path.normpath(sys.prefix)})
         kept: list[str] = []
         for p in paths:

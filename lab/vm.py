@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lab.agent import PORT_NAME
 from lab.client import LabError
-from lab.topology import GUEST_PATH_RE, MEM_MB, Layout, Node
+from lab.topology import GUEST_PATH_RE, HIDDEN_DIRS, MEM_MB, Layout, Node
 from reconciler import _cmd
 
 QEMU = "qemu-system-x86_64"
@@ -24,7 +24,10 @@ def qemu_argv(lay: Layout, n: Node, kernel: str) -> list[str]:
     for path in (str(lay.agent), *lay.guest_keep):
         if not GUEST_PATH_RE.match(path) or "/../" in path + "/":
             raise LabError(f"the lab cannot show {path} to its guests (kernel command line and "
-                           f"overlay options allow only {GUEST_PATH_RE.pattern}): clone elsewhere")
+                           f"the guest's mount commands allow only {GUEST_PATH_RE.pattern}): clone elsewhere")
+        if os.path.normpath(path) in HIDDEN_DIRS:
+            raise LabError(f"the lab cannot show {path} to its guests (they mount their own "
+                           f"{' and '.join(HIDDEN_DIRS)}): clone into a directory below it")
     if any(c.isspace() or c == "," for c in str(lay.node_dir(n))):
         raise LabError(f"the lab state directory cannot hold spaces or commas: {lay.node_dir(n)}")
     append = (f"console=ttyS0 panic=-1 quiet lab.host={n.name} lab.repl={n.repl_ip}/24 "

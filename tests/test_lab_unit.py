@@ -4,6 +4,7 @@ socket, the DRBD resource file, and `up` cleaning up after itself when it fails.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,7 +22,7 @@ from lab import lab as lab_mod
 from lab.client import LabError
 from lab.lab import Lab
 from lab.provision import resource_config
-from lab.topology import Layout, node
+from lab.topology import HIDDEN_DIRS, Layout, node
 from tests.conftest import need, need_netns
 
 
@@ -168,9 +169,24 @@ def test_a_checkout_and_venv_under_tmp_or_run_are_shown_to_the_guests(monkeypatc
     assert "lab.agent=/tmp/clone/lab/agent.py" in append
     assert "lab.keep=/run/venvs/rc,/tmp/clone" in append
     assert lay.guest_env == {"PYTHONPATH": "/tmp/clone"}
-    for bad in ("/tmp/a b", "/tmp/a,b", "/tmp/a:b"):
+    for bad in ("/tmp/a b", "/tmp/a,b", "/tmp/a:b", "/tmp/a*", "/tmp", "/run/"):
         with pytest.raises(LabError, match="cannot show"):
             vm.qemu_argv(Layout("rlabunit", Path("/run/x"), Path(bad)), node("mx1"), "/boot/vmlinuz")
+
+
+def test_the_guest_binds_the_kept_paths_back_after_its_tmpfs_mounts() -> None:
+    # The VM tier (test_lab_drbd) boots a copy under /tmp; this catches the order mistakes
+    # that made an earlier version of lab-init boot without ever showing the copy.
+    init, lab_init = initrd.INIT, initrd.LAB_INIT
+    assert init.index("mount --move /lower /newroot/.host") < init.index("exec switch_root")
+    assert lab_init.index("arg() {") < lab_init.index("$(arg ")  # defined before its first use
+    keep = lab_init.index("$(arg lab.keep")
+    for hidden in HIDDEN_DIRS:
+        mounted = re.search(rf"mount -t tmpfs [^;\n]* {hidden}[;\n]", lab_init)
+        assert mounted is not None and mounted.start() < keep
+        assert f"{hidden}/*" in lab_init  # kept paths below it are bound back
+    assert keep < lab_init.index('mount --bind "/.host$p" "$p"') < lab_init.index("umount /.host")
+    assert lab_init.index("umount /.host") < lab_init.index("lab.agent")
 
 
 def _dead_owner() -> list[int]:
