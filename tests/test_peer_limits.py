@@ -10,26 +10,14 @@ from __future__ import annotations
 import errno
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from reconciler.model import NodeObservation
 from reconciler.peer import PeerServer, fetch_peer
+from tests import test_peer
+from tests.test_peer import HOST, SECRET
 
-SECRET = b"correct horse battery staple 0123"
-HOST = "127.0.0.1"
-SNAPSHOT = NodeObservation(node="alpha", spec_digest="sha256:abc")
-
-
-@pytest.fixture
-def server() -> Iterator[PeerServer]:
-    srv = PeerServer(HOST, 0, SECRET, lambda: SNAPSHOT)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+server = test_peer.server  # the same fixture (a PeerServer on 127.0.0.1) as the peer tests
 
 
 def _connect(port: int, source: str = HOST) -> socket.socket | None:
