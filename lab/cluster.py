@@ -2,16 +2,18 @@
 
 `LabCluster(lab)` turns a provisioned lab (`lab.provision`) into the cluster of
 `spec_text()`: r0 mounted on /srv/hvmail on the Primary, PostgreSQL on each VM's own
-storage (the tmpfs overlay, not DRBD; initialised on mx1, cloned to mx2 by the agent),
+storage (its persistent disk, not DRBD; initialised on mx1, cloned to mx2 by the agent),
 floating IPs on eth1 (the management network, where the host's client is), the
 `svc_daemon.py` stand-in service started with its working directory on the DRBD mount
 (so a service left running keeps the mount busy), and `reconciler run` inside each VM.
 The spec is byte-for-byte the same on both nodes.
 
-Everything it creates is inside the VMs (tmpfs), so `lab down` removes it all; the host
-keeps nothing.  Python under TCG is slow: every in-VM CLI call costs seconds, so state is
-read with one `reconciler status --json` per node and progress is followed in the agent
-logs (`wait_log`).
+Everything it creates is inside the VMs (tmpfs, or their disks in the lab's state
+directory), so `lab down` removes it all; the host keeps nothing.  `install_boot` makes the
+agent start at every boot of a node, as the packaged unit does (`clean_reboot`, and
+`Lab.power_off` / `power_on` for a power cut).  Python under TCG is slow: every in-VM CLI
+call costs seconds, so state is read with one `reconciler status --json` per node and
+progress is followed in the agent logs (`wait_log`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 import secrets
 import shlex
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,19 +35,24 @@ from demo.cluster import IDENT, SETUP_SQL, SVC  # the namespace demo's roles, ta
 from lab.client import ExecResult, LabError
 from lab.lab import Lab
 from lab.provision import DEVICE, RESOURCE
-from lab.topology import NODES
+from lab.topology import BOOT_HOOK, NODES, PERSISTED
+from lab.topology import node as lab_node
+from reconciler import _cmd
 
 PY = str(Path(sys.executable).parent / "python")  # the venv's python: the same path inside the VMs
 # SVC (demo/svc_daemon.py, standard library only) runs by its host path: the same inside the VMs
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 MOUNT = "/srv/hvmail"
-BASE = "/run/rce2e"  # tmpfs in the VM: secrets, PostgreSQL socket, service pidfile
-PGDATA = "/var/lib/rce2e/pgdata"  # the overlay's tmpfs: the VM's own storage, not DRBD
+BASE = "/run/rce2e"  # tmpfs in the VM, fresh at each boot: PostgreSQL socket, service pidfile
+# On the node's own persistent disk (lab.topology.PERSISTED), not DRBD: kept across reboots.
+ETC = "/etc/reconciler"  # the spec and the secrets
+PGDATA = "/var/lib/rce2e/pgdata"
 SOCK = f"{BASE}/sock"
-SPEC = "/etc/reconciler/cluster.yaml"
-AGENT_LOG = "/var/log/rce2e-agent.log"
+SPEC = f"{ETC}/cluster.yaml"
+AGENT_LOG = "/var/lib/rce2e/agent.log"
 STATE_DIR = "/var/lib/rce2e/state"
+BOOT_PID = f"{BASE}/boot.pid"
 IFACE = "eth1"
 # The floating addresses sit in the lab's management /24 (Layout.mgmt_net), which the host
 # reaches: .100 is the one the client uses, .101-.103 ride along.
@@ -105,7 +113,7 @@ postgres:
   bin_dir: {PG_BIN}
   port: 5432
   replication_user: replicator
-  password_file: {BASE}/replication.password
+  password_file: {ETC}/replication.password
 services:
   - name: app                # its working directory is on the DRBD mount while it runs
     commands:
@@ -116,7 +124,7 @@ announce: {{count: 3, interval_ms: 100, rate_limit_pps: 2000}}
 agent:
   drift_check_interval_s: 10   # each observation costs 1-5 s of the VM's one emulated CPU
   peer_port: 7170
-  peer_secret_file: {BASE}/peer.secret
+  peer_secret_file: {ETC}/peer.secret
 """
 
 
@@ -176,8 +184,8 @@ class LabCluster:
         for n in NODES:
             self.sh(n.name, f"mkdir -p {BASE} {MOUNT} {STATE_DIR} $(dirname {PGDATA}); "
                             f"install -d -m 0700 -o postgres -g postgres {PGDATA} {SOCK}")
-            self.put(n.name, f"{BASE}/peer.secret", self.secret + "\n", "0600")
-            self.put(n.name, f"{BASE}/replication.password", self.password + "\n", "0600")
+            self.put(n.name, f"{ETC}/peer.secret", self.secret + "\n", "0600")
+            self.put(n.name, f"{ETC}/replication.password", self.password + "\n", "0600")
         self._initdb(NODES[0].name)
         self.set_spec(primary)
         self.timings["build_s"] = time.monotonic() - t0
@@ -213,6 +221,83 @@ class LabCluster:
     def start_agents(self) -> None:
         for n in NODES:
             self.start_agent(n.name)
+
+    def boot_hook(self, node: str) -> str:
+        """The lab's stand-in for what systemd does at boot for the packaged unit
+        (packaging/reconciler.service): tmpfiles for /run, then the agent in the foreground,
+        started again 5 s after it fails (Restart=on-failure, RestartSec=5)."""
+        run = (f"RECONCILER_PEER_TIMEOUT_S={PEER_TIMEOUT_S:g} PYTHONUNBUFFERED=1 {PY} -m reconciler run {SPEC} "
+               f"--node {node} --state-dir {STATE_DIR}")
+        return f"""#!/bin/sh
+# {BOOT_HOOK}: run by the lab's PID 1 at every boot of {node} (lab.initrd).
+install -d -m 0755 {BASE} && install -d -m 0700 -o postgres -g postgres {SOCK}
+mkdir -p {MOUNT}
+echo $$ > {BOOT_PID}
+echo "--- boot $(cut -d' ' -f1 /proc/uptime) s after power-on: agent starting" >>{AGENT_LOG}
+while :; do
+  {run} >>{AGENT_LOG} 2>&1 </dev/null && break
+  sleep 5
+done
+"""
+
+    def install_boot(self, node: str, start: bool = True) -> None:
+        """Make `node` start its agent at every boot (and now, with `start`), instead of
+        `start_agent`'s one-off process."""
+        self.put(node, BOOT_HOOK, self.boot_hook(node), "0700")
+        if start:
+            self.lab.spawn(node, [BOOT_HOOK])
+
+    def stop_boot_agent(self, node: str, timeout: float = 60.0) -> None:
+        """Stop the agent `install_boot` started (the unit's stop: SIGTERM to the agent
+        alone, PostgreSQL and the services keep running) and its restart loop."""
+        agent = f"pgrep -f '^{PY} -m reconciler run' || true"
+        wait = f"i=0; while [ -n \"$({agent})\" ] && [ $i -lt {int(timeout * 5)} ]; do sleep 0.2; i=$((i+1)); done"
+        self.sh(node, f"[ -f {BOOT_PID} ] && kill -TERM $(cat {BOOT_PID}) 2>/dev/null; "
+                      f"for p in $({agent}); do kill -TERM $p; done; {wait}", timeout + 10)
+
+    def clean_reboot(self, node: str) -> float:
+        """Reboot `node` the way systemd shuts a node down: the agent's unit stopped first,
+        then the managed service, PostgreSQL (fast), the DRBD mount, DRBD itself, the disks
+        synced; the lab then starts the VM again (qemu runs with -no-reboot).  Seconds until
+        its lab agent answers again."""
+        t0 = time.monotonic()
+        self.stop_boot_agent(node)
+        self.sh(node, f"""
+{PY} {SVC} stop {BASE}/app.pid >/dev/null 2>&1 || true
+if [ -f {PGDATA}/postmaster.pid ]; then runuser -u postgres -- {PG_BIN}/pg_ctl -D {PGDATA} -m fast -w -t 120 stop; fi
+if mountpoint -q {MOUNT}; then umount {MOUNT}; fi
+drbdadm down {RESOURCE} || true
+sync
+""", 240)
+        binds = " ".join(PERSISTED)
+        self.lab.spawn(node, ["sh", "-c", f"sleep 1; sync; umount {binds} /persist; sync; reboot -f"])
+        self.lab.wait_off(node)
+        self.lab.power_on(node)
+        return time.monotonic() - t0
+
+    def edit_spec_while_off(self, node: str, primary: str, fenced: tuple[str, ...] = ()) -> None:
+        """Replace the spec on a node that is off, on its disk image (e2fsck replays the
+        journal a power cut left first): the lab's way for an operator to change the file a
+        node finds at boot (a git checkout would fetch it)."""
+        if self.lab.running(node):
+            raise LabError(f"{node} is running: use set_spec")
+        img = str(self.lab.lay.persist(lab_node(node)))
+        text = spec_text(self.lab.lay.mgmt_net, primary, fenced)
+        with tempfile.TemporaryDirectory() as d:
+            f = Path(d) / "cluster.yaml"
+            f.write_text(text)
+            f.chmod(0o644)
+            fsck = _cmd.run(["e2fsck", "-f", "-y", img], timeout=120)
+            if fsck.rc not in (0, 1):
+                raise LabError(f"e2fsck {img}: {fsck.describe()}")
+            target = SPEC.lstrip("/")
+            for req in (f"rm {target}", f"write {f} {target}"):
+                r = _cmd.run(["debugfs", "-w", "-R", req, img], timeout=60)
+                if not r.ok or "rror" in r.stderr:
+                    raise LabError(f"debugfs {req!r} on {img}: {r.describe()}")
+            back = _cmd.run(["debugfs", "-R", f"cat {target}", img], timeout=60)
+            if back.stdout != text:
+                raise LabError(f"{img}: the spec written is not read back")
 
     def stop_agent(self, node: str, timeout: float = 60.0) -> None:
         pid = self.agents.pop(node, None)

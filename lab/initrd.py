@@ -2,7 +2,8 @@
 
 The initramfs holds the static busybox, the modules needed to mount the host's root over
 virtio-9p (read-only, with a tmpfs overlay on top) and two short sh scripts: `init` (mount,
-switch_root) and `lab-init` (PID 1 afterwards: network, host name, then the agent forever).
+switch_root) and `lab-init` (PID 1 afterwards: the node's persistent disk, network, host
+name, the boot hook, then the agent forever).
 
 The guest mounts fresh tmpfs on /tmp and /run, hiding the host's.  `init` therefore keeps
 the 9p mount itself reachable at /.host in the new root (moved, not bound: a virtio-9p tag
@@ -54,11 +55,28 @@ umount /.host && rmdir /.host || echo "lab: cannot unmount /.host" >/dev/console
 mkdir -p /run/lock; ln -s /proc/self/fd /dev/fd
 for i in 0:stdin 1:stdout 2:stderr; do ln -s "/proc/self/fd/${i%%:*}" "/dev/${i#*:}"; done
 hostname "$(arg lab.host)"
-modprobe -a virtio_net virtio_blk virtio_console
+modprobe -a virtio_net virtio_blk virtio_console ext4
+rm -f /etc/drbd.d/*.res; rm -rf /var/lib/drbd/*
+# The node's own disk (lab.persist=SERIAL:DIR,DIR...): ext4 made on first boot, each DIR
+# bind-mounted from it (first filled with what the host root has there, cleaned above).
+p=$(arg lab.persist); serial=${p%%:*}; dev=
+for b in /sys/block/vd*; do [ "$(cat "$b/serial" 2>/dev/null)" = "$serial" ] && dev=/dev/${b##*/}; done
+if [ -n "$serial" ] && [ -n "$dev" ]; then
+  blkid "$dev" >/dev/null 2>&1 || mkfs.ext4 -q -L "$serial" "$dev" || echo "lab: mkfs $dev failed" >/dev/console
+  mkdir -p /persist && mount -o noatime "$dev" /persist || echo "lab: cannot mount $dev" >/dev/console
+  for d in $(echo "${p#*:}" | tr , ' '); do
+    if [ ! -d "/persist$d" ]; then mkdir -p "/persist$d" "$d" && cp -a "$d/." "/persist$d/"; fi
+    mkdir -p "$d" && mount --bind "/persist$d" "$d" || echo "lab: cannot keep $d" >/dev/console
+  done
+elif [ -n "$serial" ]; then echo "lab: no disk with serial $serial" >/dev/console; fi
 ip link set lo up
 ip addr add "$(arg lab.repl)" dev eth0 && ip link set eth0 up
 ip addr add "$(arg lab.mgmt)" dev eth1 && ip link set eth1 up
-rm -f /etc/drbd.d/*.res; rm -rf /var/lib/drbd/*
+# What systemd would start at boot (lab.boot=FILE: root's, executable), in the background.
+b=$(arg lab.boot)
+if [ -n "$b" ] && [ -x "$b" ] && [ "$(stat -c %u "$b")" = 0 ]; then
+  echo "lab: $(hostname): running $b" >/dev/console; "$b" </dev/null >/dev/console 2>&1 &
+fi
 echo "lab: $(hostname) up, starting agent" >/dev/console
 while :; do
   /usr/bin/python3 -I "$(arg lab.agent)" >/dev/console 2>&1

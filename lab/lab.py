@@ -16,7 +16,7 @@ from typing import Any
 
 from lab import client, initrd, vm
 from lab.client import ExecResult, LabError
-from lab.topology import DISK_MB, NODES, Layout, Node, node
+from lab.topology import DISK_MB, NODES, PERSIST_MB, Layout, Node, node
 from reconciler import _cmd
 
 BOOT_TIMEOUT_S = 120.0
@@ -30,6 +30,7 @@ class Journal:
     host_veth: bool = False
     state_dir: bool = False
     kernel: str = ""
+    vmlinuz: str = ""
     files: list[str] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)
     qemu: dict[str, int] = field(default_factory=dict)
@@ -116,7 +117,7 @@ class Lab:
         try:
             self._state_dir(j)
             kernel, vmlinuz = initrd.find_kernel()
-            j.kernel = kernel
+            j.kernel, j.vmlinuz = kernel, vmlinuz
             self._record(j, file=self.lay.initrd)
             initrd.build(self.lay.initrd, kernel)
             self._network(j)
@@ -217,12 +218,13 @@ class Lab:
         if not d.exists():
             d.mkdir(mode=0o700)
             self._record(j, dir_=d)
-        for path in (self.lay.disk(n), self.lay.pidfile(n), self.lay.console(n), self.lay.sock(n)):
+        for path in (self.lay.disk(n), self.lay.persist(n), self.lay.pidfile(n), self.lay.console(n), self.lay.sock(n)):
             if path.exists():
                 raise LabError(f"{path} already exists: not removing what this lab did not create")
             self._record(j, file=path)
-        with open(self.lay.disk(n), "wb") as disk:
-            disk.truncate(DISK_MB << 20)
+        for path, mb in ((self.lay.disk(n), DISK_MB), (self.lay.persist(n), PERSIST_MB)):
+            with open(path, "wb") as disk:
+                disk.truncate(mb << 20)
         j.qemu[n.name] = vm.start(self.lay, n, vmlinuz)
         self._record(j)
 
@@ -303,6 +305,53 @@ class Lab:
     def spawn(self, name: str, argv: list[str]) -> int:
         self._require_up()
         return client.spawn(self.lay.sock(node(name)), argv)
+
+    def power_off(self, name: str) -> None:
+        """Cut `name`'s power: its qemu is killed (SIGKILL), no shutdown, nothing flushed by
+        the guest.  Its disks stay, for `power_on`."""
+        j = self._require_up()
+        n = node(name)
+        pid = j.qemu.get(name)
+        if pid is None or not vm.is_ours(pid, self.lay.pidfile(n)):
+            raise LabError(f"{name} is not running")
+        vm.stop(pid, self.lay.pidfile(n), term=False)
+
+    def wait_off(self, name: str, timeout: float = 120.0) -> float:
+        """Until `name`'s qemu has exited (a shutdown or reboot inside the guest ends it:
+        qemu runs with -no-reboot); seconds waited."""
+        j = self._require_up()
+        n, t0 = node(name), time.monotonic()
+        pid = j.qemu.get(name)
+        while pid is not None and vm.is_ours(pid, self.lay.pidfile(n)):
+            if time.monotonic() - t0 > timeout:
+                raise LabError(f"{name} (qemu PID {pid}) still runs after {timeout:.0f} s")
+            time.sleep(0.2)
+        return time.monotonic() - t0
+
+    def running(self, name: str) -> bool:
+        j = self._require_up()
+        pid = j.qemu.get(name)
+        return pid is not None and vm.is_ours(pid, self.lay.pidfile(node(name)))
+
+    def power_on(self, name: str) -> float:
+        """Start `name` again from its disks and wait until its lab agent answers; seconds."""
+        j = self._require_up()
+        n, t0 = node(name), time.monotonic()
+        if self.running(name):
+            raise LabError(f"{name} is already running")
+        self.lay.sock(n).unlink(missing_ok=True)
+        j.qemu[name] = vm.start(self.lay, n, j.vmlinuz or initrd.find_kernel()[1])
+        j.save(self.lay.journal)
+        deadline = t0 + BOOT_TIMEOUT_S
+        while True:
+            try:
+                client.ping(self.lay.sock(n), timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+                return time.monotonic() - t0
+            except LabError as e:
+                if time.monotonic() > deadline:
+                    raise LabError(f"{name} did not answer within {BOOT_TIMEOUT_S:.0f} s after power-on ({e}); "
+                                   f"see {self.lay.console(n)}") from e
+            time.sleep(0.2)
 
     def set_link(self, name: str, up: bool) -> None:
         """Host side of `name`'s replication cable: tap up (restore) or down (cut)."""

@@ -23,7 +23,17 @@ DEFAULT_STATE = "/run/reconciler-lab"
 REPL_NET = "10.0.0"
 DISK_MB = 256
 MEM_MB = 512
-DRBD_DISK = "/dev/vda"  # the only virtio disk in each VM: the DRBD backing device
+DRBD_DISK = "/dev/vda"  # the first virtio disk in each VM: the DRBD backing device
+# The second one, found by its serial, is the node's own persistent storage: formatted ext4
+# on first boot, mounted on /persist, and each PERSISTED directory bind-mounted from it, so
+# that configuration, PostgreSQL's data and the agent's state survive a reboot or a power
+# cut (everything else of the guest is tmpfs).
+PERSIST_SERIAL = "labpersist"
+PERSIST_MB = 512
+PERSISTED = ("/etc/reconciler", "/etc/drbd.d", "/var/lib/drbd", "/var/lib/reconciler", "/var/lib/rce2e")
+# Run in the background at every boot when present (root's, executable): the lab's stand-in
+# for the systemd units that start the agent (see lab.cluster.LabCluster.install_boot).
+BOOT_HOOK = "/etc/reconciler/lab-boot"
 CHECKOUT = Path(__file__).resolve().parents[1]
 # A host path shown to the guest goes on the kernel command line and into a shell word
 # of the guest's lab-init: nothing that either would split.
@@ -135,6 +145,10 @@ class Layout:
 
     def disk(self, n: Node) -> Path:
         return self.node_dir(n) / "disk.img"
+
+    def persist(self, n: Node) -> Path:
+        """The node's own storage (PERSISTED), kept across its reboots; removed by `down`."""
+        return self.node_dir(n) / "persist.img"
 
     def pidfile(self, n: Node) -> Path:
         return self.node_dir(n) / "qemu.pid"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lab.agent import PORT_NAME
 from lab.client import LabError
-from lab.topology import GUEST_PATH_RE, HIDDEN_DIRS, MEM_MB, Layout, Node
+from lab.topology import BOOT_HOOK, GUEST_PATH_RE, HIDDEN_DIRS, MEM_MB, PERSIST_SERIAL, PERSISTED, Layout, Node
 from reconciler import _cmd
 
 QEMU = "qemu-system-x86_64"
@@ -32,15 +32,23 @@ def qemu_argv(lay: Layout, n: Node, kernel: str) -> list[str]:
         raise LabError(f"the lab state directory cannot hold spaces or commas: {lay.node_dir(n)}")
     append = (f"console=ttyS0 panic=-1 quiet lab.host={n.name} lab.repl={n.repl_ip}/24 "
               f"lab.mgmt={n.mgmt_ip(lay.mgmt_net)}/24 lab.agent={lay.agent} "
-              f"lab.keep={','.join(lay.guest_keep)}")
+              f"lab.keep={','.join(lay.guest_keep)} lab.persist={PERSIST_SERIAL}:{','.join(PERSISTED)} "
+              f"lab.boot={BOOT_HOOK}")
     return [
         QEMU, "-name", f"{lay.name}-{n.name}", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1",
         "-m", str(MEM_MB), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-serial", f"file:{lay.console(n)}",
+        # appended to, so that a node's consoles of every boot stay readable
+        "-chardev", f"file,id=con,path={lay.console(n)},append=on", "-serial", "chardev:con",
         "-kernel", kernel, "-initrd", str(lay.initrd), "-append", append,
         "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
-        "-drive", f"file={lay.disk(n)},format=raw,if=virtio,cache=unsafe",
+        # cache=unsafe: qemu ignores the guest's flushes, but every write it received is in the
+        # host's page cache, which killing qemu (the lab's power cut) does not lose; what the
+        # guest had not written out yet is lost, as on real hardware.
+        "-drive", f"file={lay.disk(n)},format=raw,if=none,id=drbd,cache=unsafe",
+        "-device", "virtio-blk-pci,drive=drbd,serial=labdrbd",
+        "-drive", f"file={lay.persist(n)},format=raw,if=none,id=persist,cache=unsafe",
+        "-device", f"virtio-blk-pci,drive=persist,serial={PERSIST_SERIAL}",
         "-netdev", f"tap,id=repl,ifname={n.repl_tap},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=repl,mac={n.mac('repl')}",
         "-netdev", f"tap,id=mgmt,ifname={n.mgmt_tap},script=no,downscript=no",
@@ -80,11 +88,12 @@ def is_ours(pid: int, pidfile: Path) -> bool:
     return str(pidfile).encode() in args
 
 
-def stop(pid: int, pidfile: Path, grace_s: float = 5.0) -> bool:
-    """SIGTERM, then SIGKILL after `grace_s`; True if a process of ours was stopped."""
+def stop(pid: int, pidfile: Path, grace_s: float = 5.0, term: bool = True) -> bool:
+    """SIGTERM, then SIGKILL after `grace_s` (at once with term=False: the lab's power cut);
+    True if a process of ours was stopped."""
     if not is_ours(pid, pidfile):
         return False
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0))[0 if term else 1:]:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:

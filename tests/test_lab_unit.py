@@ -22,7 +22,7 @@ from lab import lab as lab_mod
 from lab.client import LabError
 from lab.lab import Lab
 from lab.provision import resource_config
-from lab.topology import HIDDEN_DIRS, Layout, node
+from lab.topology import BOOT_HOOK, HIDDEN_DIRS, PERSIST_SERIAL, PERSISTED, Layout, node
 from tests.conftest import need, need_netns
 
 
@@ -187,6 +187,28 @@ def test_the_guest_binds_the_kept_paths_back_after_its_tmpfs_mounts() -> None:
         assert f"{hidden}/*" in lab_init  # kept paths below it are bound back
     assert keep < lab_init.index('mount --bind "/.host$p" "$p"') < lab_init.index("umount /.host")
     assert lab_init.index("umount /.host") < lab_init.index("lab.agent")
+
+
+def test_each_node_keeps_its_own_disk_and_starts_the_boot_hook_after_it() -> None:
+    # A reboot or a power cut must find the spec, the secrets, PostgreSQL's data and DRBD's
+    # configuration where they were: they live on the node's second disk, found by serial.
+    argv = vm.qemu_argv(Layout("rlabunit", Path("/run/x")), node("mx1"), "/boot/vmlinuz")
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    assert [d.split(",")[0] for d in drives] == ["file=/run/x/mx1/disk.img", "file=/run/x/mx1/persist.img"]
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device" and "virtio-blk" in argv[i + 1]]
+    assert devices == ["virtio-blk-pci,drive=drbd,serial=labdrbd", f"virtio-blk-pci,drive=persist,serial={PERSIST_SERIAL}"]
+    append = argv[argv.index("-append") + 1].split()
+    assert f"lab.persist={PERSIST_SERIAL}:{','.join(PERSISTED)}" in append and f"lab.boot={BOOT_HOOK}" in append
+    assert "/etc/reconciler" in PERSISTED and BOOT_HOOK.startswith("/etc/reconciler/")
+    assert "-no-reboot" in argv  # a reboot inside the guest ends qemu; the lab starts it again
+    li = initrd.LAB_INIT
+    cleaned = li.index("rm -f /etc/drbd.d/*.res")
+    found = li.index('cat "$b/serial"')
+    bound = li.index('mount --bind "/persist$d" "$d"')
+    hook = li.index('"$b" </dev/null')
+    assert cleaned < found < li.index("mkfs.ext4") < bound < hook < li.index("lab.agent")
+    assert "blkid" in li[found:li.index("mkfs.ext4")]  # formatted only when it holds no filesystem
+    assert li.index("ip addr add") < hook  # the agent at boot finds the network up
 
 
 def _dead_owner() -> list[int]:
