@@ -79,6 +79,15 @@ log_line_prefix = '%m [%p] '
 # One observation takes 1-5 s in the VMs; the peer's 1 s default fetch timeout would make
 # each agent see the other as unreachable most of the time (reconciler.agent.peering).
 PEER_TIMEOUT_S = 8.0
+MTA_SERVICE = """\
+  - name: postfix            # lab.mta: queue and maildir on the DRBD mount
+    commands:
+      start: [/usr/sbin/postfix, start]
+      stop: [/usr/sbin/postfix, stop]
+      # the master's pid file names a running master (`postfix status` is a shell script:
+      # seconds under TCG, more than the status timeout on a loaded VM)
+      status: [/usr/bin/pgrep, -F, /srv/hvmail/postfix/queue/pid/master.pid, -f, /usr/lib/postfix/sbin/master]
+"""
 
 
 def floating(mgmt_net: str) -> list[str]:
@@ -87,9 +96,17 @@ def floating(mgmt_net: str) -> list[str]:
     return [f"{mgmt_net}.{h}/24" for h in (VIP_HOST, *range(lo, hi + 1))]
 
 
-def spec_text(mgmt_net: str, primary: str = "mx1", fenced: tuple[str, ...] = ()) -> str:
+def spec_text(mgmt_net: str, primary: str = "mx1", fenced: tuple[str, ...] = (), mta: bool = False) -> str:
+    """The lab's spec; `mta`: Postfix (lab.mta) is the service instead of the stand-in."""
     svc = lambda verb: f"[{PY}, {SVC}, {verb}, {BASE}/app.pid]"  # noqa: E731
     nodes = "\n".join(f"  {n.name}: {{address: {n.repl_ip}}}" for n in NODES)
+    services = MTA_SERVICE if mta else f"""\
+  - name: app                # its working directory is on the DRBD mount while it runs
+    commands:
+      start: [/usr/bin/env, -C, {MOUNT}, {PY}, {SVC}, start, {BASE}/app.pid]
+      stop: {svc('stop')}
+      status: [/usr/bin/pgrep, -F, {BASE}/app.pid, -f, svc_daemon.py run]   # no python start (1-2 s under TCG)
+"""
     return f"""# The two-VM lab cluster (lab.cluster): the same file on mx1 and mx2.
 cluster: lab
 nodes:
@@ -115,12 +132,7 @@ postgres:
   replication_user: replicator
   password_file: {ETC}/replication.password
 services:
-  - name: app                # its working directory is on the DRBD mount while it runs
-    commands:
-      start: [/usr/bin/env, -C, {MOUNT}, {PY}, {SVC}, start, {BASE}/app.pid]
-      stop: {svc('stop')}
-      status: [/usr/bin/pgrep, -F, {BASE}/app.pid, -f, svc_daemon.py run]   # no python start (1-2 s under TCG)
-announce: {{count: 3, interval_ms: 100, rate_limit_pps: 2000}}
+{services}announce: {{count: 3, interval_ms: 100, rate_limit_pps: 2000}}
 agent:
   drift_check_interval_s: 10   # each observation costs 1-5 s of the VM's one emulated CPU
   peer_port: 7170
@@ -142,8 +154,8 @@ def last_state(log: str) -> str:
 
 
 class LabCluster:
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
+    def __init__(self, lab: Lab, mta: bool = False) -> None:
+        self.lab, self.mta = lab, mta
         self.vip = f"{lab.lay.mgmt_net}.{VIP_HOST}"
         self.password = "pw-" + secrets.token_hex(10)
         self.secret = secrets.token_hex(32)
@@ -209,7 +221,7 @@ class LabCluster:
 
     # ---- the spec and the agents --------------------------------------------------------------
     def set_spec(self, primary: str, fenced: tuple[str, ...] = (), nodes: tuple[str, ...] = ("mx1", "mx2")) -> None:
-        text = spec_text(self.lab.lay.mgmt_net, primary, fenced)
+        text = spec_text(self.lab.lay.mgmt_net, primary, fenced, self.mta)
         for n in nodes:
             self.put(n, SPEC, text)
 
@@ -282,7 +294,7 @@ sync
         if self.lab.running(node):
             raise LabError(f"{node} is running: use set_spec")
         img = str(self.lab.lay.persist(lab_node(node)))
-        text = spec_text(self.lab.lay.mgmt_net, primary, fenced)
+        text = spec_text(self.lab.lay.mgmt_net, primary, fenced, self.mta)
         with tempfile.TemporaryDirectory() as d:
             f = Path(d) / "cluster.yaml"
             f.write_text(text)

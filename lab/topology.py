@@ -30,7 +30,7 @@ DRBD_DISK = "/dev/vda"  # the first virtio disk in each VM: the DRBD backing dev
 # cut (everything else of the guest is tmpfs).
 PERSIST_SERIAL = "labpersist"
 PERSIST_MB = 512
-PERSISTED = ("/etc/reconciler", "/etc/drbd.d", "/var/lib/drbd", "/var/lib/reconciler", "/var/lib/rce2e")
+PERSISTED = ("/etc/reconciler", "/etc/drbd.d", "/etc/postfix", "/var/lib/drbd", "/var/lib/reconciler", "/var/lib/rce2e")
 # Run in the background at every boot when present (root's, executable): the lab's stand-in
 # for the systemd units that start the agent (see lab.cluster.LabCluster.install_boot).
 BOOT_HOOK = "/etc/reconciler/lab-boot"

@@ -3,9 +3,9 @@ each with the host's client committing through the floating address and the agen
 at boot the way the packaged unit starts it (`LabCluster.install_boot`).
 
 Not in `.ci/run` (each boot of a VM under software emulation costs minutes; see the
-README's "Reboots and power cuts"): run them with
+README's "Reboots, power cuts and a real MTA"): run them with
 
-    ./scripts/test -m reboots -s tests/test_lab_reboots.py
+    ./scripts/test -m reboots -s tests/test_lab_reboots.py   (with tests/test_lab_mail.py: the MTA)
 
 ONE lab session; the scenarios run in order, each from the state the previous one left:
   1 bring-up with the agents started by the boot hook (mx1 Primary);

@@ -265,3 +265,12 @@ def test_parse_entry_examples() -> None:
     assert parse_entry("2001:db8::10/64") == Block(6, int(ipaddress.IPv6Address("2001:db8::10")),
                                                    int(ipaddress.IPv6Address("2001:db8::10")), 64)
     assert parse_entry("10.0.0.5-10.0.0.5/24").count == 1
+
+
+def test_every_example_spec_is_valid() -> None:
+    # specs/ is what an operator starts from (and the package ships): each one must load.
+    specs = _cluster_specs()
+    assert SPECS / "mail-postfix.example.yaml" in specs
+    for path in specs:
+        loaded = load_spec(str(path))
+        assert loaded.model.nodes, path
