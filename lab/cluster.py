@@ -84,9 +84,9 @@ MTA_SERVICE = """\
     commands:
       start: [/usr/sbin/postfix, start]
       stop: [/usr/sbin/postfix, stop]
-      # the master's pid file names a running master (`postfix status` is a shell script:
-      # seconds under TCG, more than the status timeout on a loaded VM)
-      status: [/usr/bin/pgrep, -F, /srv/hvmail/postfix/queue/pid/master.pid, -f, /usr/lib/postfix/sbin/master]
+      # Postfix's master runs (`postfix status` is a shell script: seconds under TCG, more
+      # than the status timeout on a loaded VM; pgrep -F refuses master.pid, space-padded)
+      status: [/usr/bin/pgrep, -f, ^/usr/lib/postfix/sbin/master]
 """
 
 
