@@ -11,7 +11,9 @@ import os
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -78,3 +80,16 @@ def need_lab() -> None:
 def need_postgres() -> None:
     need_root()
     need(os.path.exists(os.path.join(PG_BIN, "pg_ctl")), f"needs PostgreSQL 15 in {PG_BIN}")
+
+
+@pytest.fixture
+def story(run: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The VM tiers' scenarios (test_e2e_lab, test_lab_reboots, test_lab_mail) share one lab
+    session, the module's `run`: each scenario builds on the state the previous one left, so
+    it is skipped when an earlier one failed, and its own failure is recorded."""
+    if run.failed:
+        pytest.skip(f"an earlier scenario failed ({run.failed}); these scenarios build on each other")
+    failed_before = request.session.testsfailed
+    yield run
+    if request.session.testsfailed > failed_before:
+        run.failed = request.node.name

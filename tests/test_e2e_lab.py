@@ -157,17 +157,6 @@ def _write_captures(r: Run) -> None:
     (d / "README.md").write_text(CAPTURE_README + head + "\n".join(rows) + "\n")
 
 
-@pytest.fixture
-def story(run: Run, request: pytest.FixtureRequest) -> Iterator[Run]:
-    """The shared session; skips when an earlier scenario failed, records a failure."""
-    if run.failed:
-        pytest.skip(f"an earlier scenario failed ({run.failed}); these scenarios build on each other")
-    failed_before = request.session.testsfailed
-    yield run
-    if request.session.testsfailed > failed_before:
-        run.failed = request.node.name
-
-
 # ---- helpers ------------------------------------------------------------------------------------
 
 def lab_cli(r: Run, verb: str, node: str) -> None:

@@ -78,16 +78,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailRun]:
     assert not lab.lay.journal.exists()
 
 
-@pytest.fixture
-def story(run: MailRun, request: pytest.FixtureRequest) -> Iterator[MailRun]:
-    if run.failed:
-        pytest.skip(f"an earlier scenario failed ({run.failed}); these scenarios build on each other")
-    failed_before = request.session.testsfailed
-    yield run
-    if request.session.testsfailed > failed_before:
-        run.failed = request.node.name
-
-
 def postfix_runs(c: LabCluster, node: str) -> bool:
     return c.lab.exec(node, ["/usr/sbin/postfix", "status"], timeout=60).ok
 

@@ -77,16 +77,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     assert not lab.lay.journal.exists()
 
 
-@pytest.fixture
-def story(run: Run, request: pytest.FixtureRequest) -> Iterator[Run]:
-    if run.failed:
-        pytest.skip(f"an earlier scenario failed ({run.failed}); these scenarios build on each other")
-    failed_before = request.session.testsfailed
-    yield run
-    if request.session.testsfailed > failed_before:
-        run.failed = request.node.name
-
-
 # ---- helpers ------------------------------------------------------------------------------------
 
 def wait_one(c: LabCluster, node: str, what: str, ok, since: int = 0, timeout: float = 300.0, every: float = 2.0):
