@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from lab.topology import DISK_MB, NODES, PERSIST_MB, Layout, Node, node
 from reconciler import _cmd
 
 BOOT_TIMEOUT_S = 120.0
+_KERNEL_TROUBLE = re.compile(r"soft lockup|hard LOCKUP|rcu: INFO|rcu_preempt kthread starved|"
+                             r"BUG:|Oops|Kernel panic|blocked for more than|Call Trace")
 
 
 @dataclass
@@ -243,6 +246,23 @@ class Lab:
                 raise LabError(f"{n.name} did not answer within {timeout:.0f} s ({last}); "
                                f"see {self.lay.console(n)}")
             time.sleep(0.2)
+
+    def keep_consoles(self, dest: Path, limit: int = 60) -> str:
+        """Copy each node's serial console (every boot's kernel messages) to dest/console-<node>.log
+        before `down` removes them; return the lines that say a guest kernel was in trouble (a
+        lockup, an RCU stall, an oops, a panic, a hung task) as one printable block, or ""."""
+        trouble = []
+        for n in NODES:
+            src = self.lay.console(n)
+            if not src.exists():
+                continue
+            text = src.read_text(errors="replace")
+            (dest / f"console-{n.name}.log").write_text(text)
+            trouble += [f"{n.name}: {ln}" for ln in text.splitlines() if _KERNEL_TROUBLE.search(ln)]
+        if not trouble:
+            return ""
+        return (f"----- guest kernel trouble ({len(trouble)} lines, first {limit}; consoles in {dest}) -----\n"
+                + "\n".join(trouble[:limit]))
 
     # -- down ----------------------------------------------------------------------------------
 

@@ -111,6 +111,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             except LabError:
                 pass
         _write_captures(r)
+        print(lab.keep_consoles(tmp))
         t = time.monotonic()
         lab.down()
         r.times["lab down"] = time.monotonic() - t

@@ -72,6 +72,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailRun]:
                           + "\n".join(r.c.log(n).splitlines()[-40:]))
             except Exception as e:  # noqa: BLE001 - a node may be off; the teardown goes on
                 print(f"(no logs from {n}: {e})")
+        print(lab.keep_consoles(tmp))
         lab.down()
         print("\nmail scenarios: " + "; ".join(f"{k}: {v}" for k, v in FIGURES.items() if k.startswith("mail")))
         print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in r.times.items()))

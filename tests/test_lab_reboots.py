@@ -70,6 +70,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                           + "\n".join(log.splitlines()[-60:]))
             except Exception as e:  # noqa: BLE001 - a node may be off; the teardown goes on
                 print(f"(no agent log from {n}: {e})")
+        print(lab.keep_consoles(tmp))
         lab.down()
         r.times["total"] = time.monotonic() - t0
         print("\nreboot scenarios: " + "; ".join(f"{k}: {v}" for k, v in FIGURES.items()))
