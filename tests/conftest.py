@@ -93,3 +93,8 @@ def story(run: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     yield run
     if request.session.testsfailed > failed_before:
         run.failed = request.node.name
+
+
+def need_etcd() -> None:
+    need_netns()
+    need(shutil.which("etcd") is not None, "needs etcd 3.4 (Debian's etcd-server; scripts/setup installs it)")
