@@ -60,6 +60,7 @@ class EtcdCluster:
     bridge_ns: str
     tmp: Path
     members: dict[str, Member] = field(default_factory=dict)
+    config: Callable[[str], dict[str, str]] | None = None  # role -> ETCD_* variables, instead of flags
 
     @property
     def endpoints(self) -> list[str]:
@@ -70,6 +71,14 @@ class EtcdCluster:
 
     def start(self, role: str, state: str = "existing") -> None:
         m = self.members[role]
+        if self.config is not None:  # the member's environment file, as etcd.service would read it
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **self.config(role), "ETCD_DATA_DIR": str(m.data)}
+            if state == "existing":
+                env["ETCD_INITIAL_CLUSTER_STATE"] = "existing"
+            with open(m.log, "ab") as log:
+                m.proc = subprocess.Popen(["ip", "netns", "exec", m.ns, ETCD], stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=log, env=env, start_new_session=True)
+            return
         argv = ["ip", "netns", "exec", m.ns, ETCD, "--name", role, "--data-dir", str(m.data),
                 "--listen-client-urls", m.url, "--advertise-client-urls", m.url,
                 "--listen-peer-urls", f"http://{m.addr}:{PEER_PORT}",
@@ -141,10 +150,11 @@ class EtcdCluster:
 
 
 @contextmanager
-def etcd_cluster(tmp: Path) -> Iterator[EtcdCluster]:
-    """Three members up and healthy; everything removed afterwards."""
+def etcd_cluster(tmp: Path, config: Callable[[str], dict[str, str]] | None = None) -> Iterator[EtcdCluster]:
+    """Three members up and healthy; everything removed afterwards.  `config`: each member's
+    ETCD_* environment (e.g. from `reconciler etcd-config`) instead of the flags used here."""
     tag = uuid.uuid4().hex[:6]
-    c = EtcdCluster(tag, f"rce-{tag}-br", tmp)
+    c = EtcdCluster(tag, f"rce-{tag}-br", tmp, config=config)
     created: list[str] = []
     try:
         _ip("netns", "add", c.bridge_ns)

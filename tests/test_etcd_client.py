@@ -8,6 +8,8 @@ member is "unknown", never sent twice.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,8 +161,6 @@ def test_an_endpoint_that_is_not_a_url_is_refused() -> None:
 
 def test_cluster_fixture_cleans_up(tmp_path: Path) -> None:
     need_etcd()
-    import subprocess
-
     with etcd_cluster(tmp_path) as c:
         names = [m.ns for m in c.members.values()] + [c.bridge_ns]
         pids = [m.proc.pid for m in c.members.values() if m.proc]
@@ -168,3 +168,57 @@ def test_cluster_fixture_cleans_up(tmp_path: Path) -> None:
     assert not [n for n in names if n in left]
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()
+
+
+WITNESS_SPEC = """\
+cluster: mail
+nodes:
+  mx1: {address: 10.77.0.1}
+  mx2: {address: 10.77.0.2}
+primary: mx1
+failover:
+  witness: {name: wit, address: 10.77.0.3}
+  etcd: {prefix: /reconciler/mail}
+"""
+
+
+def _etcd_config(spec: Path, member: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler", "etcd-config", str(spec), member],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_etcd_config_prints_a_cluster_that_forms(tmp_path: Path) -> None:
+    """The three printed /etc/default/etcd files, given to real etcd as its environment (as
+    Debian's etcd.service does), form one healthy cluster that the agents' client can use."""
+    need_etcd()
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text(WITNESS_SPEC)
+    configs: dict[str, dict[str, str]] = {}
+    for member in ("mx1", "mx2", "wit"):
+        r = _etcd_config(spec, member)
+        assert r.returncode == 0, r.stderr
+        lines = [ln for ln in r.stdout.splitlines() if ln and not ln.startswith("#")]
+        configs[member] = dict(ln.split("=", 1) for ln in lines)
+        assert configs[member]["ETCD_NAME"] == member
+        assert configs[member]["ETCD_PRE_VOTE"] == "true"
+    assert configs["mx1"]["ETCD_INITIAL_CLUSTER"] == ("mx1=http://10.77.0.1:2380,mx2=http://10.77.0.2:2380,"
+                                                      "wit=http://10.77.0.3:2380")
+    assert configs["mx1"]["ETCD_LISTEN_CLIENT_URLS"] == "http://10.77.0.1:2379,http://127.0.0.1:2379"
+    with etcd_cluster(tmp_path, config=configs.__getitem__) as c:
+        cl = c.client()
+        assert c.run("wit", cl.put, "/reconciler/mail/probe", "ok") > 0
+        assert c.run("mx2", EtcdClient(["http://127.0.0.1:2379"]).get, "/reconciler/mail/probe").value == "ok"  # type: ignore[union-attr]
+        members = c.run("mx1", cl.status)
+        assert members.get("leader")
+
+
+@pytest.mark.parametrize("text, member, reason", [
+    (WITNESS_SPEC, "mx3", "'mx3' is not an etcd member of this spec (members: mx1, mx2, wit)"),
+    (WITNESS_SPEC.split("failover:")[0], "mx1", "failover.witness is not set"),
+])
+def test_etcd_config_refuses_in_one_line(tmp_path: Path, text: str, member: str, reason: str) -> None:
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text(text)
+    r = _etcd_config(spec, member)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and reason in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -30,6 +30,9 @@ nodes:
 primary: mx1
 """
 
+AUTO_PG = BASE + "postgres:\n  data_dir: /d\n  synchronous: true\n"  # failover from line 11
+AUTO_F = "failover:\n  mode: automatic\n  witness:\n    name: wit1\n    address: 10.0.0.3\n"
+
 FI = BASE + "floating_ips:\n  interface: eth0\n  addresses:\n"  # entries start at line 11
 
 
@@ -169,6 +172,31 @@ CASES = [
          in_ips=True),
     Case("ips-file-without-interface", BASE + "floating_ips:\n  ips_file: {ips}\n", 9, "floating_ips.ips_file",
          "need floating_ips.interface", ips="10.9.0.1/24\n"),
+    # failover: automatic (lines 8-9 postgres, then failover from line 12)
+    Case("failover-no-witness", AUTO_PG + "failover:\n  mode: automatic\n", 12, "failover.mode", "needs a witness"),
+    Case("failover-not-synchronous", BASE + "postgres:\n  data_dir: /d\n  synchronous: false\n" + AUTO_F, 10,
+         "postgres.synchronous", "needs postgres.synchronous: true"),
+    Case("failover-no-postgres", BASE + AUTO_F, 9, "failover.mode", "needs postgres.synchronous"),
+    Case("failover-witness-is-a-node", AUTO_PG + AUTO_F.replace("wit1", "mx2"), 14, "failover.witness.name",
+         "must not be one of the nodes"),
+    Case("failover-witness-address", AUTO_PG + AUTO_F.replace("10.0.0.3", "10.0.0.2"), 15, "failover.witness.address",
+         "another machine"),
+    Case("failover-demote-too-early", AUTO_PG + AUTO_F + "  renew_interval_s: 5\n  demote_after_s: 6\n", 17,
+         "failover.demote_after_s", "at least renew_interval_s + etcd.request_timeout_s (7 s)"),
+    Case("failover-watchdog-too-short", AUTO_PG + AUTO_F + "  watchdog: {timeout_s: 10}\n", 16,
+         "failover.watchdog.timeout_s", "in the middle of its demotion"),
+    Case("failover-ttl-too-short", AUTO_PG + AUTO_F + "  lease_ttl_s: 16\n", 16, "failover.lease_ttl_s",
+         "at least watchdog.timeout_s + 2 s (17 s)"),
+    Case("failover-ttl-watchdog-off", AUTO_PG + AUTO_F + "  watchdog: 'off'\n  lease_ttl_s: 14\n", 17,
+         "failover.lease_ttl_s", "demote_after_s + demotion_budget_s + 2 s (15 s)"),
+    Case("failover-automatic-not-yet", AUTO_PG + AUTO_F, 12, "failover.mode", "not available in this version yet"),
+    Case("failover-mode-unknown", BASE + "failover:\n  mode: auto\n", 9, "failover.mode", "'manual' or 'automatic'"),
+    Case("failover-https-without-ca", AUTO_PG + AUTO_F + "  etcd:\n    endpoints: ['https://10.0.0.1:2379']\n", 17,
+         "failover.etcd.ca_file", "https endpoints need a ca_file"),
+    Case("failover-password-without-user", AUTO_PG + AUTO_F + "  etcd:\n    password_file: /etc/reconciler/etcd.pw\n",
+         17, "failover.etcd.username", "go together"),
+    Case("failover-endpoint-not-url", BASE + "failover:\n  etcd:\n    endpoints: [10.0.0.1]\n", 10,
+         "failover.etcd.endpoints[0]", "must match"),
     Case("nested-too-deep", BASE + "fenced: " + "[" * 100 + "]" * 100 + "\n", 8, "yaml", "nested deeper than"),
 ]
 

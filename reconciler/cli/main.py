@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of the desired-state file")
 
+    ec = sub.add_parser("etcd-config", help="print etcd member MEMBER's configuration (/etc/default/etcd) from FILE")
+    ec.add_argument("file")
+    ec.add_argument("member", help="a node's name or the witness's (failover.witness.name)")
+
     pl = sub.add_parser("plan", help="show what would be done (dry run)")
     pl.add_argument("file", nargs="?", help="the spec file (or --git DIR --path FILE)")
     pl.add_argument("--node", default=None, help="this node's name (default: the host name)")
@@ -115,6 +119,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from reconciler.cli.spec_cmds import cmd_schema
 
         return cmd_schema(args)
+    if args.cmd == "etcd-config":
+        from reconciler.cli.spec_cmds import cmd_etcd_config
+
+        return cmd_etcd_config(args)
     if args.cmd == "plan":
         from reconciler.cli.plan_cmd import cmd_plan
 

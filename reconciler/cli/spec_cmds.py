@@ -28,6 +28,8 @@ def summary(loaded: LoadedSpec) -> str:
     ]
     if spec.fenced:
         parts.append(f"fenced {', '.join(spec.fenced)}")
+    if spec.failover.mode == "automatic" and spec.failover.witness is not None:
+        parts.append(f"automatic failover (witness {spec.failover.witness.name}, lease {spec.failover.lease_ttl_s} s)")
     return f"{loaded.path}: valid ({', '.join(parts)})"
 
 
@@ -59,4 +61,21 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from reconciler.spec.schema import schema_json
 
     sys.stdout.write(schema_json())
+    return 0
+
+
+def cmd_etcd_config(args: argparse.Namespace) -> int:
+    """The member's /etc/default/etcd on stdout; a bad spec or member is one line on stderr, exit 1."""
+    from reconciler.cli.common import UserError
+    from reconciler.spec.etcdconf import EtcdConfigError, member_config
+    from reconciler.spec.load import SpecError, load_spec
+
+    try:
+        loaded = load_spec(args.file)
+    except SpecError as e:
+        raise UserError(str(e)) from None
+    try:
+        sys.stdout.write(member_config(loaded.model, args.member, loaded.path))
+    except EtcdConfigError as e:
+        raise UserError(f"{loaded.path}: {e}") from None
     return 0

@@ -21,6 +21,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from reconciler.spec.failover import Failover
+
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # Linux IFNAMSIZ is 16 including the NUL; '/', ':' and whitespace are refused by the kernel
 # or by iproute2, and "." / ".." are refused as names (by a validator: pydantic-core's regex
@@ -98,6 +100,10 @@ def _check_source(src: str, nodes: dict[str, Node]) -> None:
         raise SpecValueError(
             ("postgres", "replication_source"), "neither 'primary', a node name nor host:port (host not starting with '-')"
         )
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 class _Strict(BaseModel):
@@ -188,6 +194,10 @@ class Postgres(_Strict):
         ge=0,
         description="bytes the standby may lack past the old primary's shutdown checkpoint for a planned promotion",
     )
+    synchronous: bool = Field(
+        default=False,
+        description="the primary waits for the standby to confirm each commit (required by failover.mode: automatic)",
+    )
 
 
 class CommandSet(_Strict):
@@ -262,10 +272,12 @@ class Spec(_Strict):
     services: list[Service] = Field(default_factory=list, description="start order; stopped in reverse")
     announce: Announce = Field(default_factory=Announce)
     agent: Agent = Field(default_factory=Agent)
+    failover: Failover = Field(default_factory=Failover)
 
     @model_validator(mode="after")
     def _cross(self) -> Spec:
         self._check_roles()
+        self._check_failover()
         seen: dict[object, str] = {}
         for name, node in self.nodes.items():
             _unique(seen, ipaddress.ip_address(node.address), ("nodes", name, "address"), "address")
@@ -288,6 +300,56 @@ class Spec(_Strict):
             if n == self.primary:
                 raise SpecValueError(("fenced", i), "the primary node cannot be fenced too")
             _unique(seen, n, ("fenced", i), "node")
+
+    def _check_failover(self) -> None:
+        f = self.failover
+        if f.mode != "automatic":
+            return
+        if len(self.nodes) != 2:
+            raise SpecValueError(("failover", "mode"), "automatic failover needs two nodes")
+        if f.witness is None:
+            raise SpecValueError(("failover", "mode"), "automatic failover needs a witness (failover.witness: name, "
+                                 "address): the third etcd member, so that either node alone is never a majority")
+        if f.witness.name in self.nodes:
+            raise SpecValueError(("failover", "witness", "name"), "the witness must not be one of the nodes")
+        if any(ipaddress.ip_address(n.address) == ipaddress.ip_address(f.witness.address) for n in self.nodes.values()):
+            raise SpecValueError(("failover", "witness", "address"), "the witness must be another machine than the nodes")
+        if self.postgres is None or not self.postgres.synchronous:
+            loc: Loc = ("postgres", "synchronous") if self.postgres is not None else ("failover", "mode")
+            raise SpecValueError(loc, "automatic failover needs postgres.synchronous: true (without it a "
+                                 "takeover can lose commits the old Primary acknowledged)")
+        if self.postgres.replication_source != "primary":
+            raise SpecValueError(("postgres", "replication_source"),
+                                 "automatic failover needs 'primary' (the standby follows whoever holds the lease)")
+        for path, reason in f.timing_errors():
+            raise SpecValueError(("failover", *path), reason)
+        if any(e.startswith("https://") for e in self.etcd_endpoints()) != (f.etcd.ca_file is not None):
+            raise SpecValueError(("failover", "etcd", "ca_file"), "https endpoints need a ca_file, and a ca_file "
+                                 "needs https endpoints")
+        if (f.etcd.username is None) != (f.etcd.password_file is None):
+            raise SpecValueError(("failover", "etcd", "username" if f.etcd.username is None else "password_file"),
+                                 "username and password_file go together")
+        # Last, once everything above holds: the agent cannot run automatic failover yet, and a spec
+        # that asks for it must not be taken for one that gets it.
+        raise SpecValueError(("failover", "mode"), "automatic failover is not available in this version yet: "
+                             "keep mode: manual (this section's checks and `reconciler etcd-config` work already)")
+
+    def etcd_members(self) -> dict[str, str]:
+        """Member name -> address: both nodes and the witness (automatic mode)."""
+        members = {name: n.address for name, n in self.nodes.items()}
+        if self.failover.witness is not None:
+            members[self.failover.witness.name] = self.failover.witness.address
+        return members
+
+    def etcd_endpoints(self) -> list[str]:
+        e = self.failover.etcd
+        if e.endpoints:
+            return list(e.endpoints)
+        scheme = "https" if e.ca_file else "http"
+        return [f"{scheme}://{_url_host(addr)}:{e.client_port}" for addr in self.etcd_members().values()]
+
+    def etcd_prefix(self) -> str:
+        return self.failover.etcd.prefix or f"/reconciler/{self.cluster}"
 
     def peer_of(self, node: str) -> str | None:
         others = [n for n in self.nodes if n != node]
