@@ -190,6 +190,7 @@ CASES = [
     Case("failover-ttl-watchdog-off", AUTO_PG + AUTO_F + "  watchdog: 'off'\n  lease_ttl_s: 14\n", 17,
          "failover.lease_ttl_s", "demote_after_s + demotion_budget_s + 2 s (15 s)"),
     Case("failover-automatic-not-yet", AUTO_PG + AUTO_F, 12, "failover.mode", "not available in this version yet"),
+    Case("synchronous-not-yet", AUTO_PG, 10, "postgres.synchronous", "not available in this version yet"),
     Case("failover-mode-unknown", BASE + "failover:\n  mode: auto\n", 9, "failover.mode", "'manual' or 'automatic'"),
     Case("failover-https-without-ca", AUTO_PG + AUTO_F + "  etcd:\n    endpoints: ['https://10.0.0.1:2379']\n", 17,
          "failover.etcd.ca_file", "https endpoints need a ca_file"),

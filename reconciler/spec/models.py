@@ -304,6 +304,9 @@ class Spec(_Strict):
     def _check_failover(self) -> None:
         f = self.failover
         if f.mode != "automatic":
+            if self.postgres is not None and self.postgres.synchronous:
+                raise SpecValueError(("postgres", "synchronous"), "synchronous replication is not available in this "
+                                     "version yet (it comes with automatic failover): remove it or set it false")
             return
         if len(self.nodes) != 2:
             raise SpecValueError(("failover", "mode"), "automatic failover needs two nodes")
