@@ -322,7 +322,7 @@ class EtcdClient:
     def time_to_live(self, lease: int) -> int | None:
         """Seconds left on `lease` as the server counts them, or None when it does not exist."""
         reply = self._call("/v3/lease/timetolive", {"ID": str(lease)})
-        ttl = int(reply.get("TTL", -1))
+        ttl = int(reply.get("TTL", 0))  # proto3 drops 0 (under a second left); a lease that is gone says -1
         return ttl if ttl >= 0 else None
 
     # -- cluster -------------------------------------------------------------------------------
