@@ -1,0 +1,99 @@
+"""The leader key, the epoch and the failover candidate in etcd, each change one transaction.
+
+Keys below the cluster's prefix:
+- `leader`    {"node", "epoch"}, bound to the holder's lease: it disappears with the lease.
+- `epoch`     the number of the last leadership, never leased, only ever incremented, in the
+              same transaction that creates `leader`; so epochs strictly grow, and an agent that
+              remembers a higher one than etcd shows knows etcd went back (a restored snapshot).
+- `candidate` {"node", "epoch"}: the standby the holder of `epoch` declares fit to take over (it
+              is synchronous); written and withdrawn only under the holder's lease.
+
+Who may acquire, and when, is the planner's decision; this module only performs it atomically and
+reports what etcd holds.  Every read is linearizable; an EtcdError means "unknown".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from reconciler.coord.etcd import (
+    EtcdClient,
+    KeyValue,
+    cmp_create_revision,
+    cmp_lease,
+    cmp_value,
+    op_delete,
+    op_put,
+    op_range,
+)
+
+
+@dataclass(frozen=True)
+class Leadership:
+    """What etcd holds now."""
+
+    epoch: int  # the last epoch handed out (0: never)
+    holder: str | None  # the node whose lease carries `leader`; None: nobody holds it
+    holder_epoch: int | None
+    holder_lease: int | None
+    candidate: str | None
+    candidate_epoch: int | None
+    revision: int  # etcd's revision of this read
+
+
+def _doc(kv: KeyValue | None) -> tuple[str | None, int | None]:
+    if kv is None:
+        return None, None
+    try:
+        d = json.loads(kv.value)
+        return str(d["node"]), int(d["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return "(unreadable)", None
+
+
+class Election:
+    def __init__(self, client: EtcdClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix.rstrip("/")
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def read(self) -> Leadership:
+        r = self.client.txn([], [op_range(self.key("epoch")), op_range(self.key("leader")),
+                                 op_range(self.key("candidate"))])
+        epoch_kv, leader_kv, cand_kv = (kvs[0] if kvs else None for kvs in r.ranges)
+        holder, holder_epoch = _doc(leader_kv)
+        cand, cand_epoch = _doc(cand_kv)
+        return Leadership(epoch=int(epoch_kv.value) if epoch_kv is not None else 0, holder=holder,
+                          holder_epoch=holder_epoch, holder_lease=leader_kv.lease if leader_kv else None,
+                          candidate=cand, candidate_epoch=cand_epoch, revision=r.revision)
+
+    def acquire(self, node: str, lease: int, after_epoch: int) -> bool:
+        """Become the holder at epoch `after_epoch + 1`, only if nobody holds `leader` and the last
+        epoch is still `after_epoch` (what the caller decided on).  The candidate key is cleared:
+        it belonged to the previous epoch."""
+        epoch_key, leader_key = self.key("epoch"), self.key("leader")
+        new = after_epoch + 1
+        compare = [cmp_create_revision(leader_key, 0)]
+        compare.append(cmp_create_revision(epoch_key, 0) if after_epoch == 0 else cmp_value(epoch_key, str(after_epoch)))
+        r = self.client.txn(compare, [op_put(leader_key, json.dumps({"node": node, "epoch": new}), lease),
+                                      op_put(epoch_key, str(new)), op_delete(self.key("candidate"))])
+        return r.succeeded
+
+    def release(self, lease: int) -> bool:
+        """Give the leader key up (a planned switchover), only while this lease carries it."""
+        leader_key = self.key("leader")
+        r = self.client.txn([cmp_lease(leader_key, lease)], [op_delete(leader_key), op_delete(self.key("candidate"))])
+        return r.succeeded
+
+    def publish_candidate(self, lease: int, node: str, epoch: int) -> bool:
+        """Declare `node` fit to take over after `epoch`, only while this lease carries `leader`."""
+        r = self.client.txn([cmp_lease(self.key("leader"), lease)],
+                            [op_put(self.key("candidate"), json.dumps({"node": node, "epoch": epoch}))])
+        return r.succeeded
+
+    def withdraw_candidate(self, lease: int) -> bool:
+        r = self.client.txn([cmp_lease(self.key("leader"), lease)], [op_delete(self.key("candidate"))])
+        return r.succeeded

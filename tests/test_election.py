@@ -1,0 +1,82 @@
+"""reconciler.coord.election against three real etcd 3.4 members in namespaces: one holder at a
+time, epochs that only grow, a candidate written only under the holder's lease."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from reconciler.coord.election import Election
+from tests.conftest import need_etcd
+from tests.etcd_cluster import EtcdCluster, etcd_cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    need_etcd()
+    with etcd_cluster(tmp_path_factory.mktemp("etcd-election")) as c:
+        yield c
+
+
+def _election(cluster: EtcdCluster, prefix: str) -> Election:
+    return Election(cluster.client(timeout=2.0), prefix)
+
+
+def test_acquire_hold_expire_and_the_next_epoch(cluster: EtcdCluster) -> None:
+    e = _election(cluster, f"/el/{time.monotonic_ns()}")
+    first = cluster.run("mx1", e.read)
+    assert (first.epoch, first.holder, first.candidate) == (0, None, None)
+    lease1, _ = cluster.run("mx1", e.client.grant, 2)
+    assert cluster.run("mx1", e.acquire, "mx1", lease1, 0)
+    held = cluster.run("mx2", e.read)
+    assert (held.epoch, held.holder, held.holder_epoch, held.holder_lease) == (1, "mx1", 1, lease1)
+
+    lease2, _ = cluster.run("mx2", e.client.grant, 30)
+    assert not cluster.run("mx2", e.acquire, "mx2", lease2, 1)  # mx1 holds it
+    assert cluster.run("mx1", e.publish_candidate, lease1, "mx2", 1)
+    assert not cluster.run("mx2", e.publish_candidate, lease2, "mx2", 1)  # not the holder's lease
+    assert cluster.run("wit", e.read).candidate == "mx2"
+
+    t0 = time.monotonic()
+    while cluster.run("mx2", e.read).holder is not None:  # mx1 stops renewing: its key goes
+        assert time.monotonic() - t0 < 10
+        time.sleep(0.2)
+    after = cluster.run("mx2", e.read)
+    assert (after.epoch, after.candidate, after.candidate_epoch) == (1, "mx2", 1)  # the candidate outlives it
+    assert not cluster.run("mx2", e.acquire, "mx2", lease2, 0)  # a stale epoch never wins
+    assert cluster.run("mx2", e.acquire, "mx2", lease2, 1)
+    now = cluster.run("mx1", e.read)
+    assert (now.epoch, now.holder, now.candidate) == (2, "mx2", None)  # the old candidate is cleared
+    assert not cluster.run("mx1", e.release, lease1)
+    assert cluster.run("mx2", e.release, lease2)
+    assert cluster.run("mx1", e.read).holder is None and cluster.run("mx1", e.read).epoch == 2
+
+
+def test_a_race_has_exactly_one_winner(cluster: EtcdCluster) -> None:
+    """Both nodes try to acquire at the same epoch at once, from their own namespaces, 20 times."""
+    for round_ in range(20):
+        e = _election(cluster, f"/race/{time.monotonic_ns()}/{round_}")
+        leases = {n: cluster.run(n, e.client.grant, 5)[0] for n in ("mx1", "mx2")}
+        results: dict[str, bool] = {}
+        go = threading.Barrier(2)
+        threads = [threading.Thread(target=_attempt, args=(cluster, e.prefix, n, leases[n], go, results))
+                   for n in ("mx1", "mx2")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(results.values()) == [False, True], results
+        holder = cluster.run("wit", e.read)
+        assert holder.epoch == 1 and results[holder.holder or ""] is True
+        for n, lease in leases.items():
+            cluster.run(n, e.client.revoke, lease)
+
+
+def _attempt(cluster: EtcdCluster, prefix: str, node: str, lease: int, go: threading.Barrier,
+             results: dict[str, bool]) -> None:
+    client = _election(cluster, prefix)
+    go.wait()
+    results[node] = cluster.run(node, client.acquire, node, lease, 0)
