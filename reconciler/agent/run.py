@@ -25,6 +25,7 @@ from reconciler.agent.peering import PeerLink, serve_deadline
 from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.source import FileSource, SourceError, SpecSource, stamp
 from reconciler.agent.state import RevisionState, revision_label, short
+from reconciler.execute import hooks
 from reconciler.execute.dispatch import Result, announce_held, run_action
 from reconciler.model import NodeObservation
 from reconciler.observe.node import observe_node
@@ -72,6 +73,8 @@ class Agent:
         self._acting_since: float | None = None
         self._last_wait: object = None
         self._last_outcome: type[Outcome] | None = None
+        self._role: str | None = None  # the role this node last converged in
+        self.hook_threads: list[threading.Thread] = []  # running hooks (tests join them)
 
     @property
     def spec(self) -> LoadedSpec:
@@ -205,6 +208,7 @@ class Agent:
         if isinstance(o, Converged):
             self.revs.applied(self.label)
             self._last_wait = None  # a wait after this one is news again
+            self._converged_as("primary" if self.spec.model.primary == self.node else "secondary")
         self.metrics.record(self.spec, o, self.peer_obs, time.monotonic() - t0,
                             {"applied": self.revs.rev.applied, "attempted": self.revs.rev.attempted,
                              "current": self.current.revision})
@@ -214,7 +218,25 @@ class Agent:
         elif isinstance(o, Waiting | OperatorNeeded) and (o.action, o.plan.notes) != self._last_wait:
             logs.waiting_line(self.node, o, self._delay(o) if isinstance(o, OperatorNeeded) else None)
             self._last_wait = (o.action, o.plan.notes)
+            if isinstance(o, OperatorNeeded):
+                self._hook("operator_needed", action=title(o.action), reason=o.reason)
         return o
+
+    def _converged_as(self, role: str) -> None:
+        """The role_change hook: this node converged in another role than the last time (not on
+        the agent's first convergence: what it was before it started is not known)."""
+        before, self._role = self._role, role
+        if before is not None and before != role:
+            self._hook("role_change", role=role, previous_role=before)
+
+    def _hook(self, event: str, **facts: str) -> None:
+        h = self.spec.model.hooks
+        argvs = getattr(h, event)
+        if argvs:
+            t = hooks.fire(event, argvs, {"node": self.node, "cluster": self.spec.model.cluster,
+                                          "primary": self.spec.model.primary, "revision": self.label, **facts},
+                           h.timeout_s, self.node)
+            self.hook_threads = [x for x in self.hook_threads if x.is_alive()] + ([t] if t else [])
 
     def status_line(self, o: Outcome) -> str:
         dirty = " (uncommitted edits ignored)" if self.revs.rev.uncommitted else ""

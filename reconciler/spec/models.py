@@ -239,6 +239,32 @@ class Announce(_Strict):
     rate_limit_pps: int = Field(default=2000, ge=1, le=1_000_000, description="packets per second, all addresses")
 
 
+def _hook_argv(argv: list[str]) -> list[str]:
+    if not re.fullmatch(ABS_PATH_RE, argv[0]):
+        raise ValueError("a hook's program (its first word) must be an absolute path")
+    if any(CONTROL_CHARS.intersection(word) for word in argv):
+        raise ValueError("a hook's argv cannot hold control characters")
+    return argv
+
+
+HookArgv = Annotated[list[Annotated[str, StringConstraints(max_length=4096)]], Field(min_length=1, max_length=64),
+                     AfterValidator(_hook_argv)]
+
+
+class Hooks(_Strict):
+    """Programs the agent runs when something happens that a person should hear of.  Each is an
+    argv list (no shell) whose program is an absolute path to a file only root can change; it runs
+    in the background with `timeout_s`, the facts in RECONCILER_* environment variables (see
+    docs/operating.md), and its exit status is logged; it never delays or changes what the agent does."""
+
+    role_change: list[HookArgv] = Field(
+        default_factory=list, description="after this node converged in another role (primary <-> secondary)")
+    operator_needed: list[HookArgv] = Field(
+        default_factory=list, description="once when the agent starts waiting on the operator "
+        "(split brain, re-clone, fencing, a refused action)")
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+
 class Agent(_Strict):
     """Settings of the reconciler agent running on each node."""
 
@@ -273,6 +299,7 @@ class Spec(_Strict):
     announce: Announce = Field(default_factory=Announce)
     agent: Agent = Field(default_factory=Agent)
     failover: Failover = Field(default_factory=Failover)
+    hooks: Hooks = Field(default_factory=Hooks)
 
     @model_validator(mode="after")
     def _cross(self) -> Spec:
