@@ -36,6 +36,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     revs = read_state(args.state_dir or DEFAULT_STATE_DIR, node)
     sys.stdout.write(status_text(spec, own, peer))
     sys.stdout.write("\n".join(revision_lines(source, spec, revs, peer, state_file)) + "\n")
+    if spec.model.failover.witness is not None or spec.model.failover.mode != "manual":
+        from reconciler.cli.coord_status import coordination_lines
+
+        sys.stdout.write("\n".join(coordination_lines(spec.model)) + "\n")
     return EXIT_OK
 
 
