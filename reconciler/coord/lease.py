@@ -21,11 +21,11 @@ promote while this node's PostgreSQL may still be writable.  It only stops renew
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from reconciler import safefile
 from reconciler.coord.etcd import EtcdClient, EtcdError
 
 STATE_FORMAT = 1
@@ -122,23 +122,11 @@ def heartbeat_age(path: str, now: float) -> float | None:
 
 def write_heartbeat(path: str, now: float | None = None) -> None:
     """The agent's side: 'my last step observed this node' (atomic: a reader never sees half)."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, f"{boottime() if now is None else now:.6f}\n".encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    safefile.write_file(path, f"{boottime() if now is None else now:.6f}\n".encode())
 
 
 def write_state(path: str, state: LeaseState) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, (state.to_json() + "\n").encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    safefile.write_file(path, (state.to_json() + "\n").encode())
 
 
 def read_state(path: str) -> LeaseState | None:
