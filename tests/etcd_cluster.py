@@ -48,10 +48,11 @@ class Member:
     data: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.addr}:{CLIENT_PORT}"
+        return f"{self.scheme}://{self.addr}:{CLIENT_PORT}"
 
 
 @dataclass
@@ -61,6 +62,8 @@ class EtcdCluster:
     tmp: Path
     members: dict[str, Member] = field(default_factory=dict)
     config: Callable[[str], dict[str, str]] | None = None  # role -> ETCD_* variables, instead of flags
+    flags: tuple[str, ...] = ()  # more etcd flags for every member
+    tls: dict[str, str] = field(default_factory=dict)  # EtcdClient's ca_file, cert_file, key_file (https members)
 
     @property
     def endpoints(self) -> list[str]:
@@ -84,7 +87,7 @@ class EtcdCluster:
                 "--listen-peer-urls", f"http://{m.addr}:{PEER_PORT}",
                 "--initial-advertise-peer-urls", f"http://{m.addr}:{PEER_PORT}",
                 "--initial-cluster", self.initial_cluster(), "--initial-cluster-state", state,
-                "--initial-cluster-token", f"rct-{self.tag}", "--pre-vote=true", "--log-outputs", "stderr"]
+                "--initial-cluster-token", f"rct-{self.tag}", "--pre-vote=true", "--log-outputs", "stderr", *self.flags]
         with open(m.log, "ab") as log:
             m.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
@@ -113,7 +116,7 @@ class EtcdCluster:
 
     def client(self, *roles: str, timeout: float = 2.0) -> EtcdClient:
         """A client of the given members (all three when none is named); use it through `run`."""
-        return EtcdClient([self.members[r].url for r in (roles or ROLES)], timeout=timeout)
+        return EtcdClient([self.members[r].url for r in (roles or ROLES)], timeout=timeout, **self.tls)
 
     def run(self, role: str, fn: Callable[..., T], *args: object) -> T:
         """`fn(*args)` in `role`'s namespace: sockets it opens see the world as that member does."""
@@ -137,7 +140,7 @@ class EtcdCluster:
         while pending:
             role = pending[0]
             try:
-                self.run(role, EtcdClient([self.members[role].url], timeout=1.0).get, "/health-probe")
+                self.run(role, self.client(role, timeout=1.0).get, "/health-probe")
                 pending.pop(0)
                 continue
             except EtcdError as e:
@@ -150,11 +153,12 @@ class EtcdCluster:
 
 
 @contextmanager
-def etcd_cluster(tmp: Path, config: Callable[[str], dict[str, str]] | None = None) -> Iterator[EtcdCluster]:
+def etcd_cluster(tmp: Path, config: Callable[[str], dict[str, str]] | None = None,
+                 flags: tuple[str, ...] = (), tls: dict[str, str] | None = None) -> Iterator[EtcdCluster]:
     """Three members up and healthy; everything removed afterwards.  `config`: each member's
     ETCD_* environment (e.g. from `reconciler etcd-config`) instead of the flags used here."""
     tag = uuid.uuid4().hex[:6]
-    c = EtcdCluster(tag, f"rce-{tag}-br", tmp, config=config)
+    c = EtcdCluster(tag, f"rce-{tag}-br", tmp, config=config, flags=flags, tls=tls or {})
     created: list[str] = []
     try:
         _ip("netns", "add", c.bridge_ns)
@@ -165,7 +169,8 @@ def etcd_cluster(tmp: Path, config: Callable[[str], dict[str, str]] | None = Non
             ns = f"rce-{tag}-{role}"
             _ip("netns", "add", ns)
             created.append(ns)
-            m = Member(role, ns, f"10.77.0.{i}", f"re{tag}{i}", tmp / f"etcd-{role}", tmp / f"etcd-{role}.log")
+            m = Member(role, ns, f"10.77.0.{i}", f"re{tag}{i}", tmp / f"etcd-{role}", tmp / f"etcd-{role}.log",
+                       scheme="https" if tls else "http")
             _ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", m.veth, "netns", c.bridge_ns)
             _ip("-n", c.bridge_ns, "link", "set", m.veth, "master", "br0", "up")
             _ip("-n", ns, "addr", "add", f"{m.addr}/24", "dev", "eth0")

@@ -198,7 +198,7 @@ class EtcdClient:
         finally:
             conn.close()
 
-    def _post(self, path: str, req: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    def _post(self, path: str, req: dict[str, Any], timeout: float | None = None, reauth: bool = True) -> dict[str, Any]:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         body = json.dumps(req).encode()
         errors: list[str] = []
@@ -229,8 +229,12 @@ class EtcdClient:
                 return reply
             message = str(reply.get("error") or reply.get("message") or f"HTTP {status}")
             if "auth" in message and "token" in message and self._credentials and path != "/v3/auth/authenticate":
+                # an expired or revoked token: etcd checked it before applying anything, so the
+                # request may be sent again, once, with a fresh token
+                if not reauth:
+                    raise EtcdAuthError(f"etcd at {u.netloc} refused a fresh token for {path}: {message}")
                 self._authenticate(deadline)
-                return self._post(path, req, max(0.1, deadline - time.monotonic()))
+                return self._post(path, req, max(0.1, deadline - time.monotonic()), reauth=False)
             if path in _IDEMPOTENT and (status in (502, 503, 504) or "leader" in message or "timed out" in message):
                 errors.append(f"{u.netloc}: {message}")  # this member has no quorum now: try another
                 continue
