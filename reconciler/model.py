@@ -141,6 +141,12 @@ class PostgresObs(_Frozen):
     conninfo_port: int | None = None
     history: tuple[TimelineSwitch, ...] = ()  # this server's timeline history (primary)
     data_dir_empty: bool = False
+    # Synchronous replication (automatic failover): the standbys a commit waits for
+    # (synchronous_standby_names, parsed; () = none), and those pg_stat_replication shows
+    # `sync` now (application_name, which is the node's name).
+    sync_names: tuple[str, ...] = ()
+    sync_standbys: tuple[str, ...] = ()
+    streaming_standbys: tuple[str, ...] = ()  # pg_stat_replication: state streaming
 
     @field_validator(
         "current_lsn", "receive_lsn", "replay_lsn", "checkpoint_lsn", "checkpoint_end_lsn"
@@ -159,6 +165,31 @@ class MountObs(_Frozen):
 class ServiceObs(_Frozen):
     active: bool
     failed: bool = False
+
+
+class CoordObs(_Frozen):
+    """Leadership in automatic failover mode (None in manual mode): what etcd showed in this
+    observation, what the lease keeper reports, and what the agent remembers (its state file).
+
+    Every etcd value is from one linearizable read; when etcd could not answer, `reachable`
+    is False and those fields are None: unknown, never "nobody".
+    """
+
+    reachable: bool = False
+    error: str | None = None  # why etcd could not be read (one line, no secret)
+    epoch: int | None = None  # the last epoch etcd handed out (0: never)
+    leader: str | None = None  # node holding the leader key; None: nobody (when reachable)
+    leader_epoch: int | None = None
+    leader_lease: int | None = None  # the lease that carries the leader key
+    candidate: str | None = None  # the standby the holder declared fit to take over
+    candidate_epoch: int | None = None
+    remembered_epoch: int = 0  # the highest epoch this agent has ever seen: etcd must not show less
+    held_epoch: int | None = None  # the epoch this node acquired and believes it still holds
+    held_lease: int | None = None  # the lease that carries that leader key
+    held_revision: str | None = None  # the spec revision this node applied when it acquired
+    lease: int | None = None  # the keeper's lease now
+    since_renewal_s: float | None = None  # since the send time of its last answered keepalive
+    watchdog_armed: bool = False
 
 
 class NodeObservation(_Frozen):
@@ -184,6 +215,7 @@ class NodeObservation(_Frozen):
     mounts: dict[str, MountObs] = {}  # mount point -> what is mounted there
     postgres: PostgresObs | None = None
     services: dict[str, ServiceObs] = {}
+    coord: CoordObs | None = None  # automatic failover mode only
     # What could not be observed, one "<part>: <reason>" line each (see `failure`): that
     # part above is then left at its "unknown" value, which the planner must not read as fact.
     errors: tuple[str, ...] = ()

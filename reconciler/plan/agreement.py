@@ -18,7 +18,8 @@ from reconciler.spec.models import Spec
 
 
 def spec_roles(spec: Spec) -> str:
-    return f"primary={spec.primary} fenced={','.join(sorted(spec.fenced)) or 'none'}"
+    roles = f"primary={spec.primary} fenced={','.join(sorted(spec.fenced)) or 'none'}"
+    return roles + (" failover=automatic" if spec.failover.mode == "automatic" else "")
 
 
 def acting_primary(ctx: Ctx) -> bool:
@@ -47,6 +48,8 @@ def agreement_guard(ctx: Ctx) -> Guard | None:
     mine = spec_roles(ctx.spec.model)
     if peer.spec_roles == mine or acting_primary(ctx) == ctx.is_primary:
         return None
+    if ctx.spec.model.failover.mode == "automatic" and peer.spec_roles.endswith(" failover=automatic"):
+        return None  # both in automatic mode: the leader key in etcd orders role changes, not the revisions
     p = ctx.peer_name
     if ctx.peer_fenced:
         return Guard("same_revision", True, f"peer {p} is declared fenced: its revision is not awaited")

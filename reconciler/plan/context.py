@@ -7,9 +7,10 @@ question has one answer and one wording.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reconciler.model import NodeObservation
+from reconciler.plan import leadership
 from reconciler.plan.actions import Guard
 from reconciler.spec import LoadedSpec
 
@@ -20,6 +21,18 @@ class Ctx:
     me: str
     own: NodeObservation
     peer: NodeObservation | None  # None: unreachable (or unauthenticated, or stale)
+    # Who is the Primary for this node: the spec's `primary:` in manual mode, the leader key's
+    # holder in automatic mode (plan/leadership.py).
+    role: leadership.Role = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "role", leadership.role(self.spec.model, self.me, self.own, self.spec.digest,
+                                                          self.peer))
+
+    @property
+    def primary(self) -> str:
+        """The node this node plans for as the Primary, or "none"."""
+        return self.role.primary
 
     @property
     def peer_name(self) -> str | None:
@@ -27,7 +40,13 @@ class Ctx:
 
     @property
     def is_primary(self) -> bool:
-        return self.spec.model.primary == self.me
+        return self.role.primary == self.me
+
+    @property
+    def peer_lease_ended(self) -> bool:
+        """This node took the leader key over as the candidate: the peer's lease ended on the
+        server first, and a holder stops writing by its own, earlier, deadline."""
+        return self.role.took_over
 
     @property
     def peer_fenced(self) -> bool:
@@ -52,6 +71,13 @@ class Ctx:
                 "peer_reachable",
                 True,
                 f"peer {p} is unreachable and declared fenced: proceeding without it",
+            )
+        if self.peer_lease_ended:
+            return Guard(
+                "peer_reachable",
+                True,
+                f"peer {p} is unreachable; its lease ended before {self.me} took the leader key over "
+                f"(epoch {self.own.coord.held_epoch if self.own.coord else '?'}): it stopped writing by its own deadline",
             )
         return Guard(
             "peer_reachable",

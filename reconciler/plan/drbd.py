@@ -31,7 +31,7 @@ def _bring_up(ctx: Ctx, r: DrbdResource, o: DrbdObs) -> tuple[list[Action], list
     if not o.configured:
         return [Action(Kind.DRBD_UP, r.name, f"resource {r.name} is not up on {ctx.me}")], []
     if o.split_brain:
-        survivor = ctx.spec.model.primary if ctx.spec.model.primary != "none" else ctx.me
+        survivor = ctx.primary if ctx.primary != "none" else ctx.me
         victim = ctx.peer_name if survivor == ctx.me else ctx.me
         cmds = split_brain_commands(r.name, victim or "the victim", survivor)
         # the commands go into the guard too: the agent's log shows waiting guards, not plan notes
@@ -59,7 +59,7 @@ def _promote_guards(ctx: Ctx, r: DrbdResource, o: DrbdObs) -> tuple[Guard, ...]:
         guards.append(
             Guard("peer_not_primary", not peer_primary, f"peer {ctx.peer_name} is still DRBD Primary on {r.name}")
         )
-    if ctx.peer_name is not None and not ctx.peer_fenced:
+    if ctx.peer_name is not None and not ctx.peer_fenced and not ctx.peer_lease_ended:
         connected = o.configured and o.connection in CONNECTED
         guards.append(
             Guard(

@@ -66,6 +66,15 @@ class Kind(str, Enum):
     PG_START_PRIMARY = "pg_start_primary"  # cleanly stopped primary (or crashed in place) -> writable
     PG_PROMOTE = "pg_promote"  # standby -> pg_promote(true, N), then CHECKPOINT
     PG_CHECKPOINT = "pg_checkpoint"  # promoted, pg_control timeline stale -> CHECKPOINT
+    # Automatic failover (plan/leadership.py): etcd transactions, synchronous replication, watchdog.
+    COORD_ACQUIRE = "coord_acquire"  # nobody holds the leader key -> this node at epoch+1, under its lease
+    COORD_RELEASE = "coord_release"  # held (planned switchover, demoted) -> deleted; the candidate stays
+    COORD_PUBLISH = "coord_publish"  # the synchronous standby `target` -> the candidate of this epoch
+    COORD_WITHDRAW = "coord_withdraw"  # candidate `target` -> none (before synchronous replication is relaxed)
+    PG_SYNC_ON = "pg_sync_on"  # synchronous_standby_names = `target` (the peer's application_name), reload
+    PG_SYNC_OFF = "pg_sync_off"  # synchronous_standby_names = '' (only once no candidate is published), reload
+    WATCHDOG_ARM = "watchdog_arm"  # the keeper opens the watchdog device: fed after each renewal from now on
+    WATCHDOG_DISARM = "watchdog_disarm"  # the keeper closes it with the magic character
     # Part of this node's state is not known (its observation failed, or PostgreSQL is
     # starting or stopping and answers no query): always planned blocked, never executed;
     # it goes away once that state can be read.  "Nothing to do" is never said of a guess.
@@ -141,6 +150,22 @@ def _row(kind: Kind) -> Row:
             return Row("~", "postgres: promote (standby -> primary), then CHECKPOINT", changes_role=True)
         case Kind.PG_CHECKPOINT:
             return Row("~", "postgres: CHECKPOINT (pg_control timeline is stale)")
+        case Kind.COORD_ACQUIRE:
+            return Row("+", "etcd: acquire the leader key")
+        case Kind.COORD_RELEASE:
+            return Row("-", "etcd: release the leader key")
+        case Kind.COORD_PUBLISH:
+            return Row("+", "etcd: publish {t} as the failover candidate")
+        case Kind.COORD_WITHDRAW:
+            return Row("-", "etcd: withdraw {t} as the failover candidate")
+        case Kind.PG_SYNC_ON:
+            return Row("~", "postgres: synchronous_standby_names = {t}")
+        case Kind.PG_SYNC_OFF:
+            return Row("~", "postgres: synchronous_standby_names = '' (commits stop waiting for the standby)")
+        case Kind.WATCHDOG_ARM:
+            return Row("+", "watchdog: arm")
+        case Kind.WATCHDOG_DISARM:
+            return Row("-", "watchdog: disarm")
         case Kind.AWAIT:
             return Row("?", "{t}: wait until its state can be read")
         case _:

@@ -82,7 +82,7 @@ def _primary_took_them(ctx: Ctx, remove: set[Address]) -> Guard | None:
     Primary holds those it is to hold; None (remove now) when the peer is unreachable, is not
     the Primary, cannot take them (an interface it does not report) or is not on its way."""
     peer = ctx.peer
-    if ctx.is_primary or peer is None or ctx.spec.model.primary != ctx.peer_name:
+    if ctx.is_primary or peer is None or ctx.primary != ctx.peer_name:
         return None
     if "net" in peer.failed_parts() or not set(ctx.spec.addresses) <= set(peer.interfaces):
         return None

@@ -24,7 +24,7 @@ both agents apply the same roles (see `agreement`).
 from __future__ import annotations
 
 from reconciler.model import NodeObservation, ServiceObs
-from reconciler.plan import agreement, drbd, handover, net, postgres, unknown
+from reconciler.plan import agreement, drbd, handover, leadership, net, postgres, unknown
 from reconciler.plan.actions import Action, Kind, Plan
 from reconciler.plan.context import Ctx
 from reconciler.spec import LoadedSpec
@@ -47,10 +47,35 @@ def plan(spec: LoadedSpec, node: str, own: NodeObservation, peer: NodeObservatio
         actions, notes = waits, list[str]()
     else:
         actions, notes = _primary(ctx) if ctx.is_primary else _secondary(ctx)
+        if leadership.automatic(spec.model):
+            actions, notes = _automatic(ctx, actions, notes)
         actions, notes = agreement.guard_role_changes(ctx, actions, notes)
     if peer is None and ctx.peer_name is not None:
         notes.insert(0, f"peer {ctx.peer_name} is unreachable: every guard that needs its state waits")
     return Plan(node=node, actions=tuple(actions), notes=tuple(notes), peer_reachable=ctx.peer_known)
+
+
+def _runnable_first(coord: list[Action], rest: list[Action]) -> list[Action]:
+    """Coordination steps that can run go first (a takeover, or withdrawing the candidate, never
+    waits behind a blocked step); those that wait go last, so they block nothing."""
+    return [a for a in coord if not a.blocked] + rest + [a for a in coord if a.blocked]
+
+
+def _automatic(ctx: Ctx, actions: list[Action], notes: list[str]) -> tuple[list[Action], list[str]]:
+    """Automatic failover: the etcd steps around the role's plan (see `leadership`)."""
+    r, own, spec = ctx.role, ctx.own, ctx.spec.model
+    notes = leadership.notes(r, own) + notes
+    if r.holder and not r.handing_over:
+        before, after = leadership.holder_steps(spec, ctx.me, own)
+        return before + _runnable_first(after, leadership.confirm_promotions(own, actions)), notes
+    if r.handing_over:
+        at = next((i for i, a in enumerate(actions) if a.kind is Kind.REMOVE_ADDRESSES), len(actions))
+        rel = leadership.release(own, leadership.serving(own))
+        return actions[:at] + [rel] + actions[at:], notes
+    coord = leadership.acquire(spec, ctx.me, own, ctx.peer)
+    if r.stale_key:
+        coord.append(leadership.release(own, leadership.serving(own), stale=True))
+    return _runnable_first(coord, actions) + leadership.disarm(own, agreement.acting_primary(ctx)), notes
 
 
 def _services(ctx: Ctx, start: bool) -> list[Action]:

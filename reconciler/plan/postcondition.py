@@ -150,6 +150,37 @@ def _checkpointed(a: Action, pg: PostgresObs) -> str | None:
 
 
 # kind -> (the part of the observation it reads, the check); a failed part tells nothing
+def _coord(a: Action, o: NodeObservation) -> str | None:
+    """The leadership steps, read back from the next etcd read and the keeper's state."""
+    c = o.coord
+    if c is None:
+        return None
+    k = a.kind
+    if k is Kind.WATCHDOG_ARM and not c.watchdog_armed:
+        return "the watchdog is not armed"
+    if k is Kind.WATCHDOG_DISARM and c.watchdog_armed:
+        return "the watchdog is still armed"
+    if not c.reachable:
+        return None
+    if k is Kind.COORD_ACQUIRE and (c.held_epoch is None or c.leader != o.node):
+        return "the leader key is not held by this node"
+    if k is Kind.COORD_RELEASE and c.leader == o.node:
+        return "the leader key still names this node"
+    if k is Kind.COORD_PUBLISH and c.candidate != a.target:
+        return f"{a.target} is not the published candidate"
+    if k is Kind.COORD_WITHDRAW and c.candidate == a.target:
+        return f"{a.target} is still the published candidate"
+    return None
+
+
+def _sync(a: Action, pg: PostgresObs) -> str | None:
+    if a.kind is Kind.PG_SYNC_ON and a.target not in pg.sync_names:
+        return f"synchronous_standby_names does not name {a.target}"
+    if a.kind is Kind.PG_SYNC_OFF and pg.sync_names:
+        return f"synchronous_standby_names still names {', '.join(pg.sync_names)}"
+    return None
+
+
 CHECKS: dict[Kind, tuple[str, Check]] = {
     Kind.STOP_SERVICE: ("services", _service(False)),
     Kind.START_SERVICE: ("services", _service(True)),
@@ -172,6 +203,14 @@ CHECKS: dict[Kind, tuple[str, Check]] = {
     Kind.PG_START_PRIMARY: ("postgres", _pg(_writable)),
     Kind.PG_PROMOTE: ("postgres", _pg(_writable)),
     Kind.PG_CHECKPOINT: ("postgres", _pg(_checkpointed)),
+    Kind.COORD_ACQUIRE: ("coord", _coord),
+    Kind.COORD_RELEASE: ("coord", _coord),
+    Kind.COORD_PUBLISH: ("coord", _coord),
+    Kind.COORD_WITHDRAW: ("coord", _coord),
+    Kind.PG_SYNC_ON: ("postgres", _pg(_sync)),
+    Kind.PG_SYNC_OFF: ("postgres", _pg(_sync)),
+    Kind.WATCHDOG_ARM: ("coord", _coord),
+    Kind.WATCHDOG_DISARM: ("coord", _coord),
 }
 
 

@@ -28,7 +28,7 @@ def _source(ctx: Ctx) -> tuple[str | None, ReplicationSource | None, PostgresObs
     assert cfg is not None
     src = cfg.replication_source
     if src == "primary":
-        src = ctx.spec.model.primary
+        src = ctx.primary
     if src in ("none", ctx.me):
         return None, None, None, False
     if src in ctx.spec.model.nodes:
@@ -69,6 +69,9 @@ def _peer_position_guards(ctx: Ctx, mine: pos.Position | None, own: PostgresObs)
         return [Guard("peer_not_writable", False, f"peer {p} PostgreSQL is still a writable primary (timeline {peer_pg.timeline})")]
     if ctx.peer_fenced:
         return [Guard("peer_fenced", True, f"peer {p} is declared fenced: its position is not awaited")]
+    if ctx.peer_lease_ended:
+        return [Guard("peer_lease_ended", True, f"peer {p} lost its lease and {ctx.me} took over as the synchronous "
+                                                "candidate: it has every commit the peer acknowledged")]
     if own.system_identifier and peer_pg.system_identifier and own.system_identifier != peer_pg.system_identifier:
         return [Guard("same_system", False, f"peer {p} is a different database system ({peer_pg.system_identifier})")]
     theirs = pos.clean_shutdown_position(peer_pg) or pos.running_standby_position(peer_pg)

@@ -36,6 +36,8 @@ def unobserved(ctx: Ctx) -> list[Action]:
         out.append(_await(ctx, "postgres", "PostgreSQL", err.get("postgres")))
     if "services" in err and s.services:
         out.append(_await(ctx, "services", "the services", err["services"]))
+    if s.failover.mode == "automatic" and o.coord is None:
+        out.append(_await(ctx, "leadership", "the leadership (etcd, lease keeper)", err.get("coord")))
     return out
 
 

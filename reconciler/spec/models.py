@@ -19,7 +19,16 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from reconciler.spec.failover import Failover
 
@@ -73,6 +82,11 @@ def loc_str(loc: Loc) -> str:
             part = "<key>"
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+# Validation context key: check an automatic spec completely but do not refuse it for not being
+# runnable yet (the simulated cluster plans with it; nothing loads a file with it).
+PLAN_ONLY = "plan_only"
 
 
 class SpecValueError(ValueError):
@@ -302,9 +316,9 @@ class Spec(_Strict):
     hooks: Hooks = Field(default_factory=Hooks)
 
     @model_validator(mode="after")
-    def _cross(self) -> Spec:
+    def _cross(self, info: ValidationInfo) -> Spec:
         self._check_roles()
-        self._check_failover()
+        self._check_failover(plan_only=bool(info.context and info.context.get(PLAN_ONLY)))
         seen: dict[object, str] = {}
         for name, node in self.nodes.items():
             _unique(seen, ipaddress.ip_address(node.address), ("nodes", name, "address"), "address")
@@ -328,10 +342,10 @@ class Spec(_Strict):
                 raise SpecValueError(("fenced", i), "the primary node cannot be fenced too")
             _unique(seen, n, ("fenced", i), "node")
 
-    def _check_failover(self) -> None:
+    def _check_failover(self, plan_only: bool = False) -> None:
         f = self.failover
         if f.mode != "automatic":
-            if self.postgres is not None and self.postgres.synchronous:
+            if self.postgres is not None and self.postgres.synchronous and not plan_only:
                 raise SpecValueError(("postgres", "synchronous"), "synchronous replication is not available in this "
                                      "version yet (it comes with automatic failover): remove it or set it false")
             return
@@ -360,7 +374,10 @@ class Spec(_Strict):
             raise SpecValueError(("failover", "etcd", "username" if f.etcd.username is None else "password_file"),
                                  "username and password_file go together")
         # Last, once everything above holds: the agent cannot run automatic failover yet, and a spec
-        # that asks for it must not be taken for one that gets it.
+        # that asks for it must not be taken for one that gets it.  Only a caller that plans and
+        # never applies (the simulated cluster) validates with the PLAN_ONLY context.
+        if plan_only:
+            return
         raise SpecValueError(("failover", "mode"), "automatic failover is not available in this version yet: "
                              "keep mode: manual (this section's checks and `reconciler etcd-config` work already)")
 

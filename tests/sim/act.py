@@ -208,8 +208,74 @@ def steps(world: World, spec: LoadedSpec, node: Node, a: Action) -> list[Callabl
         Kind.PG_PROMOTE: [lambda: _promote(world, node), lambda: setattr(node.pg, "control_tli", node.pg.tli)],
         Kind.PG_CHECKPOINT: [lambda: setattr(node.pg, "control_tli", node.pg.tli)],
         Kind.AWAIT: [],
+        Kind.COORD_ACQUIRE: [lambda: _etcd(world, node, "acquire", spec.digest)],
+        Kind.COORD_RELEASE: [lambda: _release(world, spec, node)],
+        Kind.COORD_PUBLISH: [lambda: _publish(world, spec, node, t)],
+        Kind.COORD_WITHDRAW: [lambda: _etcd(world, node, "withdraw")],
+        Kind.PG_SYNC_ON: [lambda: setattr(node.pg, "sync_names", (t,))],
+        Kind.PG_SYNC_OFF: [lambda: _sync_off(world, node)],
+        Kind.WATCHDOG_ARM: [lambda: _watchdog(world, node, True)],
+        Kind.WATCHDOG_DISARM: [lambda: _watchdog(world, node, False)],
     }
     return table[k]
+
+
+# ---- automatic failover: etcd transactions, synchronous replication, the watchdog ----------
+
+
+def _etcd(world: World, node: Node, op: str, *args: str) -> None:
+    assert world.etcd is not None
+    if op == "acquire":
+        seen = max(n.coord.remembered for n in world.nodes.values())
+        if world.etcd.client_ok(world, node.name) and world.etcd.keys.epoch + 1 <= seen:
+            world.violations.append(f"{node.name} acquired epoch {world.etcd.keys.epoch + 1}, but epoch {seen} "
+                                    "was already seen: epochs went back")
+    result = getattr(world.etcd, op)(world, node.name, *args)
+    if result != "ok":
+        raise Refused(result)
+
+
+def _release(world: World, spec: LoadedSpec, node: Node) -> None:
+    held = node.coord.held
+    if held is not None and held[2] == spec.digest:
+        world.violations.append(f"{node.name} released the leader key under the revision it acquired with: "
+                                "a fail-back without a new revision")
+    _etcd(world, node, "release")
+
+
+def _publish(world: World, spec: LoadedSpec, node: Node, candidate: str) -> None:
+    other = world.nodes[candidate]
+    if streaming(world, spec, other) is not node or candidate not in node.pg.sync_names:
+        world.violations.append(f"{node.name} published {candidate} as the candidate while it is not synchronous")
+    for r, d in node.drbd.items():
+        if d.role == "Primary" and connection_state(world, node, r) != "Connected":
+            world.violations.append(f"{node.name} published {candidate} while DRBD {r} is disconnected")
+    _etcd(world, node, "publish", candidate)
+
+
+def _sync_off(world: World, node: Node) -> None:
+    assert world.etcd is not None
+    k = world.etcd.keys
+    if k.candidate is not None and k.leader is not None and k.leader[0] == node.name and k.candidate[1] == k.leader[1]:
+        world.violations.append(f"{node.name} relaxed synchronous replication while {k.candidate[0]} is the candidate")
+    node.pg.sync_names = ()
+
+
+def _watchdog(world: World, node: Node, arm: bool) -> None:
+    node.coord.wd_armed = arm
+    node.coord.wd_fed = world.local(node.name)
+
+
+def _check_automatic(world: World, spec: LoadedSpec, node: Node, a: Action) -> None:
+    """Promotion only by the holder of the leader key (as etcd's servers see it), and nothing
+    discarded without the operator's `fenced:`."""
+    if world.etcd is None:
+        return
+    promotes = a.kind in (Kind.PG_PROMOTE, Kind.PG_START_PRIMARY, Kind.DRBD_PRIMARY)
+    if promotes and not world.etcd.holds(world, node.name):
+        world.violations.append(f"{node.name} ran {a.kind.value} without holding the leader key")
+    if a.kind is Kind.PG_REWIND and not world.fenced_ever:
+        world.violations.append(f"{node.name} ran pg_rewind (discarding data) without the operator's fenced:")
 
 
 def _drbd_up(node: Node, res: str) -> None:
@@ -230,6 +296,7 @@ def _check_demotion_order(world: World, spec: LoadedSpec, node: Node, a: Action)
 def execute(world: World, spec: LoadedSpec, node: Node, a: Action, limit: int | None = None) -> str:
     """Run the action's micro-steps (only the first `limit` if the agent dies part-way)."""
     _check_demotion_order(world, spec, node, a)
+    _check_automatic(world, spec, node, a)
     todo = steps(world, spec, node, a)
     if limit is not None:
         todo = todo[:limit]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from reconciler.address import parse
 from reconciler.model import (
     AddressObs,
@@ -17,6 +19,8 @@ from reconciler.model import (
 )
 from reconciler.spec import LoadedSpec
 from tests.sim.world import Node, World
+
+parse = lru_cache(maxsize=4096)(parse)  # the same few addresses, parsed once (run time)
 
 
 def source_node(world: World, spec: LoadedSpec, node: Node) -> Node | None:
@@ -69,8 +73,10 @@ def _pg(world: World, spec: LoadedSpec, node: Node) -> PostgresObs:
     if "settling" in node.blind:  # starting up or shutting down: no query answered
         return PostgresObs(running=True, cluster_state="in archive recovery" if pg.standby else "in production", **common)
     if not pg.standby:
+        streams = tuple(sorted(o.name for o in world.nodes.values() if o is not node and streaming(world, spec, o) is node))
         return PostgresObs(running=True, in_recovery=False, timeline=pg.tli, control_timeline=pg.control_tli,
-                           current_lsn=end, **common)
+                           current_lsn=end, sync_names=pg.sync_names, streaming_standbys=streams,
+                           sync_standbys=tuple(n for n in streams if n in pg.sync_names), **common)
     src = source_node(world, spec, node)
     wr = None
     if src is not None and src.pg.running and world.reachable(node.name, src.name):
@@ -129,5 +135,8 @@ def observe(world: World, spec: LoadedSpec, node: Node) -> NodeObservation:
     drbd = {} if "drbd" in blind else drbd
     pg = None if "postgres" in blind else pg
     services = {} if "services" in blind else services
+    coord = None
+    if spec.model.failover.mode == "automatic" and world.etcd is not None:
+        coord = world.etcd.observe(world, node.name, spec.model.failover)
     return NodeObservation(node=node.name, interfaces=ifaces, drbd=drbd, mounts=mounts, postgres=pg,
-                           services=services, errors=tuple(NodeObservation.failure(b, "simulated driver failure") for b in blind))
+                           services=services, coord=coord, errors=tuple(NodeObservation.failure(b, "simulated driver failure") for b in blind))

@@ -17,8 +17,18 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
+
+from tests.sim.coord import NodeCoord, SimEtcd
 
 Rec = tuple[int, str]  # (timeline, unique token)
+
+
+@lru_cache(maxsize=4096)
+def iface(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """ipaddress.ip_interface, remembered: the simulator asks about the same few addresses
+    millions of times (parsing them dominated its run time)."""
+    return ipaddress.ip_interface(text)
 
 
 @dataclass
@@ -34,6 +44,7 @@ class Pg:
     standby_signal: bool = False
     follows: tuple[str, int] | None = None  # (host, port) of primary_conninfo
     paused: bool = False
+    sync_names: tuple[str, ...] = ()  # synchronous_standby_names
 
     @property
     def tli(self) -> int:
@@ -52,6 +63,7 @@ class Drbd:
     data: list[str] = field(default_factory=list)
     standalone: bool = False
     split_brain: bool = False
+    peer_fenced: bool = False  # automatic mode: the fence-peer handler succeeded since the link went down
 
 
 @dataclass
@@ -68,11 +80,11 @@ class Iface:
     def is_secondary(self, a: Addr) -> bool:
         if ":" in a.address:
             return False
-        net = ipaddress.ip_interface(a.address).network
+        net = iface(a.address).network
         for b in self.addresses:
             if b is a:
                 return False
-            if ":" not in b.address and ipaddress.ip_interface(b.address).network == net:
+            if ":" not in b.address and iface(b.address).network == net:
                 return True
         return False
 
@@ -82,9 +94,9 @@ class Iface:
             return False
         cascade = []
         if not self.is_secondary(a) and ":" not in address and not self.promote_secondaries:
-            net = ipaddress.ip_interface(address).network
+            net = iface(address).network
             cascade = [b for b in self.addresses if b is not a and ":" not in b.address
-                       and ipaddress.ip_interface(b.address).network == net]
+                       and iface(b.address).network == net]
         self.addresses = [x for x in self.addresses if x is not a and x not in cascade]
         return True
 
@@ -103,6 +115,9 @@ class Node:
     # Parts of this node its agent cannot read for now (a driver failing: "net", "drbd",
     # "postgres", "services"), and "settling": PostgreSQL running but not answering queries.
     blind: set[str] = field(default_factory=set)
+    coord: NodeCoord = field(default_factory=NodeCoord)
+    paused: bool = False  # the whole machine is stopped (its clock too)
+    clock_lag: float = 0.0  # how far its monotonic clock is behind real time (pauses)
 
 
 @dataclass
@@ -115,6 +130,12 @@ class World:
     acked_files: dict[str, list[str]] = field(default_factory=dict)  # DRBD resource -> writes
     fenced_ever: bool = False
     violations: list[str] = field(default_factory=list)
+    now: float = 0.0  # real time (the etcd servers' clock)
+    etcd: SimEtcd | None = None  # automatic mode only
+
+    def local(self, name: str) -> float:
+        """`name`'s monotonic clock."""
+        return self.now - self.nodes[name].clock_lag
 
     def token(self, prefix: str) -> str:
         self.counter += 1
