@@ -80,3 +80,45 @@ def _attempt(cluster: EtcdCluster, prefix: str, node: str, lease: int, go: threa
     client = _election(cluster, prefix)
     go.wait()
     results[node] = cluster.run(node, client.acquire, node, lease, 0)
+
+
+def test_the_leadership_part_of_the_observation(cluster: EtcdCluster) -> None:
+    """observe/coord.py from real etcd: the holder's view (what plan/leadership.py reads), a
+    member cut off from the quorum (unknown, never "nobody"), and a key naming a stranger."""
+    import json
+
+    from reconciler.coord.claim import Claim, acquired
+    from reconciler.coord.lease import LeaseState
+    from reconciler.observe.coord import observe
+    from reconciler.plan.leadership import holds
+    from tests.sim.specs import make_spec
+
+    prefix = f"/obs/{time.monotonic_ns()}"
+    e = _election(cluster, prefix)
+    lease, _ = cluster.run("mx1", e.client.grant, 30)
+    assert cluster.run("mx1", e.acquire, "mx1", lease, 0)
+    claim = acquired(Claim(), 1, lease, "r1")
+    keeper = LeaseState(lease=lease, ttl=30, last_ok_sent=100.0)
+    nodes = ["mx1", "mx2"]
+    o = cluster.run("mx1", observe, nodes, e, claim, keeper, 101.5, True)
+    assert (o.reachable, o.epoch, o.leader, o.leader_epoch, o.leader_lease) == (True, 1, "mx1", 1, lease)
+    assert (o.held_epoch, o.held_lease, o.lease, o.since_renewal_s, o.watchdog_armed) == (1, lease, lease, 1.5, True)
+    spec = make_spec("mx1", automatic=True).model
+    assert holds(spec, o)
+    assert not holds(spec, cluster.run("mx1", observe, nodes, e, claim, keeper, 104.0))  # demote_after_s is 3
+
+    cut_off = Election(cluster.client("mx1", timeout=1.0), prefix)
+    cluster.cut("mx1", "mx2")
+    cluster.cut("mx1", "wit")
+    try:
+        lost = cluster.run("mx1", observe, nodes, cut_off, claim, keeper, 101.0)
+    finally:
+        cluster.heal("mx1", "mx2")
+        cluster.heal("mx1", "wit")
+    assert not lost.reachable and lost.error and lost.leader is None and lost.epoch is None
+    assert lost.held_epoch == 1 and holds(spec, lost)  # the keeper's clock alone says so, until the deadline
+
+    cluster.wait_healthy()
+    cluster.run("mx1", e.client.put, f"{prefix}/candidate", json.dumps({"node": "mx9", "epoch": 1}))
+    odd = cluster.run("mx2", observe, nodes, e, Claim(), None, 0.0)
+    assert not odd.reachable and "names no node of the spec" in (odd.error or "")

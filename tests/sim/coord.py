@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from reconciler.coord import claim
 from reconciler.model import CoordObs
 
 WITNESS = "wit"
@@ -51,6 +52,11 @@ class NodeCoord:
     # the agent's state file
     held: tuple[int, int, str] | None = None  # (epoch, lease, revision) it acquired
     remembered: int = 0
+
+
+def _claim(c: NodeCoord) -> claim.Claim:
+    e, lease, rev = c.held or (None, None, None)
+    return claim.Claim(remembered_epoch=c.remembered, held_epoch=e, held_lease=lease, held_revision=rev)
 
 
 @dataclass
@@ -147,11 +153,9 @@ class SimEtcd:
         if not self.client_ok(world, node):
             return
         k = self.keys
-        if k.epoch < c.remembered:
-            return  # etcd went back: nothing is concluded from it
-        if c.held is not None and (k.epoch > c.held[0] or (k.leader is not None and k.leader[1] > c.held[0])):
-            c.held = None
-        c.remembered = max(c.remembered, k.epoch)
+        after = claim.observed(_claim(c), k.epoch, k.leader[1] if k.leader else None)
+        c.remembered = after.remembered_epoch
+        c.held = None if after.held_epoch is None else (after.held_epoch, after.held_lease, after.held_revision)
 
     # ---- the keeper and the watchdog -------------------------------------------------------
 
