@@ -55,6 +55,9 @@ def plan(spec: LoadedSpec, node: str, own: NodeObservation, peer: NodeObservatio
     return Plan(node=node, actions=tuple(actions), notes=tuple(notes), peer_reachable=ctx.peer_known)
 
 
+_DEMOTION = (Kind.STOP_SERVICE, Kind.PG_STOP, Kind.UNMOUNT, Kind.DRBD_SECONDARY)
+
+
 def _runnable_first(coord: list[Action], rest: list[Action]) -> list[Action]:
     """Coordination steps that can run go first (a takeover, or withdrawing the candidate, never
     waits behind a blocked step); those that wait go last, so they block nothing."""
@@ -68,8 +71,8 @@ def _automatic(ctx: Ctx, actions: list[Action], notes: list[str]) -> tuple[list[
     if r.holder and not r.handing_over:
         before, after = leadership.holder_steps(spec, ctx.me, own)
         return before + _runnable_first(after, leadership.confirm_promotions(own, actions)), notes
-    if r.handing_over:
-        at = next((i for i, a in enumerate(actions) if a.kind is Kind.REMOVE_ADDRESSES), len(actions))
+    if r.handing_over:  # released right after the demotion proper: the rest (addresses, rejoining) needs the peer
+        at = next((i for i, a in enumerate(actions) if a.kind not in _DEMOTION), len(actions))
         rel = leadership.release(own, leadership.serving(own))
         return actions[:at] + [rel] + actions[at:], notes
     coord = leadership.acquire(spec, ctx.me, own, ctx.peer)
