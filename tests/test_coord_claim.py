@@ -29,5 +29,6 @@ def test_a_leftover_leader_key_of_an_older_epoch_does_not_cancel_a_claim() -> No
     assert observed(mine, epoch=6, leader_epoch=2) == mine
 
 
-def test_release_keeps_the_memory_of_the_epoch() -> None:
-    assert released(Claim(6, 6, 9, "r2")) == Claim(remembered_epoch=6)
+def test_release_keeps_the_epoch_it_last_held_without_a_lease() -> None:
+    assert released(Claim(6, 6, 9, "r2")) == Claim(remembered_epoch=6, held_epoch=6)
+    assert observed(released(Claim(6, 6, 9, "r2")), epoch=7, leader_epoch=7) == Claim(remembered_epoch=7)

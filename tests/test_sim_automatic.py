@@ -188,8 +188,8 @@ class AutoCluster(RuleBasedStateMachine):
     def etcd_snapshot(self) -> None:
         self.c.world.etcd.snapshot()  # type: ignore[union-attr]
 
-    @precondition(lambda self: all(n.on and n.agent and n.coord.remembered == self.c.world.etcd.keys.epoch
-                                   for n in self.c.world.nodes.values()))
+    @precondition(lambda self: self.c.world.etcd.snapshots and all(
+        n.on and n.agent and n.coord.remembered == self.c.world.etcd.keys.epoch for n in self.c.world.nodes.values()))
     @rule(i=st.integers(0, 5))
     def etcd_restored_from_snapshot(self, i: int) -> None:
         """An operator restores etcd from an older snapshot, on a running cluster whose two agents

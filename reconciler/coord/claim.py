@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 @dataclass(frozen=True)
 class Claim:
     remembered_epoch: int = 0
-    held_epoch: int | None = None
+    held_epoch: int | None = None  # acquired (with held_lease), or last held before a release (without)
     held_lease: int | None = None
     held_revision: str | None = None
 
@@ -41,4 +41,6 @@ def acquired(claim: Claim, epoch: int, lease: int, revision: str) -> Claim:
 
 
 def released(claim: Claim) -> Claim:
-    return Claim(remembered_epoch=claim.remembered_epoch)
+    """After a planned release: no key held, but the epoch it last held is kept (without a
+    lease): it wrote last, so with no candidate published it may take the key back."""
+    return Claim(remembered_epoch=claim.remembered_epoch, held_epoch=claim.held_epoch)

@@ -87,7 +87,7 @@ def role(spec: Spec, me: str, own: NodeObservation, digest: str, peer_obs: NodeO
             return Role(primary=peer, holder=True, handing_over=True,
                         why=f"planned switchover: the spec now prefers {peer}, the synchronous candidate")
         return Role(primary=me, holder=True, took_over=(e or 0) >= 2, why=f"{me} holds the leader key (epoch {e})")
-    if c.held_epoch is not None:
+    if c.held_epoch is not None and c.held_lease is not None:
         return Role(primary="none", self_fence=True,
                     why=f"{me} held the leader key (epoch {c.held_epoch}) but {_lost(spec, c, seen)}: "
                         "it demotes itself before its lease can expire")

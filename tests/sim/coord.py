@@ -50,7 +50,7 @@ class NodeCoord:
     wd_fed: float = 0.0  # node clock
     paused_since_renewal: bool = False
     # the agent's state file
-    held: tuple[int, int, str] | None = None  # (epoch, lease, revision) it acquired
+    held: tuple[int, int | None, str | None] | None = None  # (epoch, lease, revision) it acquired
     remembered: int = 0
 
 
@@ -211,7 +211,9 @@ class SimEtcd:
         if not self.client_ok(world, node) or not self.holds(world, node):
             return "refused: compare failed"
         self.keys.leader = None
-        world.nodes[node].coord.held = None
+        c = world.nodes[node].coord
+        after = claim.released(_claim(c))
+        c.held = None if after.held_epoch is None else (after.held_epoch, None, None)  # type: ignore[assignment]
         return "ok"
 
     def publish(self, world, node: str, candidate: str) -> str:
