@@ -69,7 +69,7 @@ def test_the_rows_keep_what_the_four_tables_said() -> None:
     assert {k for k in Kind if k.row.payload is ReplicationSource} == {
         Kind.PG_CLONE, Kind.PG_REWIND, Kind.PG_START_STANDBY, Kind.PG_RETARGET}
     assert {k for k in Kind if k.row.payload is DrbdMount} == {Kind.MOUNT}
-    assert "".join(k.row.symbol for k in Kind) == "-+~-~+-++~~~-~+~+~+~~?"
+    assert "".join(k.row.symbol for k in Kind) == "-+~-~+-++~~~-~+~+~+~~+-+-~~+-?"
 
 
 def test_an_action_carries_only_its_kinds_payload() -> None:
@@ -89,3 +89,15 @@ def test_the_executor_refuses_a_replication_kind_without_a_source() -> None:
 
     r = run_action(SPEC, Action(Kind.PG_START_STANDBY, "postgres", "test"))
     assert not r.ok and r.detail == "pg_start_standby: no replication source"
+
+
+def test_the_automatic_failover_kinds_are_refused_by_this_versions_executor() -> None:
+    """Planned only in automatic mode (the planner and the simulator have them); `validate` refuses
+    that mode, and the executor refuses the kinds, until the agent runs them."""
+    from reconciler.execute.dispatch import run_action
+    from tests.test_planner_cases import SPEC
+
+    for k in (Kind.COORD_ACQUIRE, Kind.COORD_RELEASE, Kind.COORD_PUBLISH, Kind.COORD_WITHDRAW, Kind.PG_SYNC_ON,
+              Kind.PG_SYNC_OFF, Kind.WATCHDOG_ARM, Kind.WATCHDOG_DISARM):
+        r = run_action(SPEC, Action(k, "x", "test"))
+        assert not r.ok and r.detail == f"{k.value}: automatic failover is not run by this version", r.detail

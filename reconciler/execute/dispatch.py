@@ -51,6 +51,12 @@ def _nothing_to_run(a: Action) -> str:
     raise ActionFailed(f"{a.target}: nothing to run; the state is read again on the next cycle")
 
 
+def _automatic_only(a: Action) -> str:
+    """Planned only in automatic mode, which `validate` refuses in this version: the planner and the
+    simulated cluster have these kinds; the agent does not run them yet."""
+    raise ActionFailed(f"{a.kind.value}: automatic failover is not run by this version")
+
+
 def _pg(spec: LoadedSpec) -> Postgres:
     if spec.model.postgres is None:
         raise ActionFailed("postgres is not in the spec")
@@ -167,11 +173,22 @@ def _execute(spec: LoadedSpec, a: Action) -> object:
             return postgres.checkpoint(_pg(spec))
         case Kind.AWAIT:
             return _nothing_to_run(a)
-        case (Kind.COORD_ACQUIRE | Kind.COORD_RELEASE | Kind.COORD_PUBLISH | Kind.COORD_WITHDRAW | Kind.PG_SYNC_ON
-              | Kind.PG_SYNC_OFF | Kind.WATCHDOG_ARM | Kind.WATCHDOG_DISARM):
-            # Planned only in automatic mode, which `validate` refuses in this version: the planner and
-            # the simulated cluster have them; the agent does not run them yet.
-            raise ActionFailed(f"{a.kind.value}: automatic failover is not run by this version")
+        case Kind.COORD_ACQUIRE:
+            return _automatic_only(a)
+        case Kind.COORD_RELEASE:
+            return _automatic_only(a)
+        case Kind.COORD_PUBLISH:
+            return _automatic_only(a)
+        case Kind.COORD_WITHDRAW:
+            return _automatic_only(a)
+        case Kind.PG_SYNC_ON:
+            return _automatic_only(a)
+        case Kind.PG_SYNC_OFF:
+            return _automatic_only(a)
+        case Kind.WATCHDOG_ARM:
+            return _automatic_only(a)
+        case Kind.WATCHDOG_DISARM:
+            return _automatic_only(a)
         case _:
             assert_never(kind)
     return None
