@@ -343,43 +343,9 @@ class Spec(_Strict):
             _unique(seen, n, ("fenced", i), "node")
 
     def _check_failover(self, plan_only: bool = False) -> None:
-        f = self.failover
-        if f.mode != "automatic":
-            if self.postgres is not None and self.postgres.synchronous and not plan_only:
-                raise SpecValueError(("postgres", "synchronous"), "synchronous replication is not available in this "
-                                     "version yet (it comes with automatic failover): remove it or set it false")
-            return
-        if len(self.nodes) != 2:
-            raise SpecValueError(("failover", "mode"), "automatic failover needs two nodes")
-        if f.witness is None:
-            raise SpecValueError(("failover", "mode"), "automatic failover needs a witness (failover.witness: name, "
-                                 "address): the third etcd member, so that either node alone is never a majority")
-        if f.witness.name in self.nodes:
-            raise SpecValueError(("failover", "witness", "name"), "the witness must not be one of the nodes")
-        if any(ipaddress.ip_address(n.address) == ipaddress.ip_address(f.witness.address) for n in self.nodes.values()):
-            raise SpecValueError(("failover", "witness", "address"), "the witness must be another machine than the nodes")
-        if self.postgres is None or not self.postgres.synchronous:
-            loc: Loc = ("postgres", "synchronous") if self.postgres is not None else ("failover", "mode")
-            raise SpecValueError(loc, "automatic failover needs postgres.synchronous: true (without it a "
-                                 "takeover can lose commits the old Primary acknowledged)")
-        if self.postgres.replication_source != "primary":
-            raise SpecValueError(("postgres", "replication_source"),
-                                 "automatic failover needs 'primary' (the standby follows whoever holds the lease)")
-        for path, reason in f.timing_errors():
-            raise SpecValueError(("failover", *path), reason)
-        if any(e.startswith("https://") for e in self.etcd_endpoints()) != (f.etcd.ca_file is not None):
-            raise SpecValueError(("failover", "etcd", "ca_file"), "https endpoints need a ca_file, and a ca_file "
-                                 "needs https endpoints")
-        if (f.etcd.username is None) != (f.etcd.password_file is None):
-            raise SpecValueError(("failover", "etcd", "username" if f.etcd.username is None else "password_file"),
-                                 "username and password_file go together")
-        # Last, once everything above holds: the agent cannot run automatic failover yet, and a spec
-        # that asks for it must not be taken for one that gets it.  Only a caller that plans and
-        # never applies (the simulated cluster) validates with the PLAN_ONLY context.
-        if plan_only:
-            return
-        raise SpecValueError(("failover", "mode"), "automatic failover is not available in this version yet: "
-                             "keep mode: manual (this section's checks and `reconciler etcd-config` work already)")
+        from reconciler.spec.failover_check import check_failover  # it imports this module
+
+        check_failover(self, plan_only)
 
     def etcd_members(self) -> dict[str, str]:
         """Member name -> address: both nodes and the witness (automatic mode)."""
