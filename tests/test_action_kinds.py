@@ -91,13 +91,13 @@ def test_the_executor_refuses_a_replication_kind_without_a_source() -> None:
     assert not r.ok and r.detail == "pg_start_standby: no replication source"
 
 
-def test_the_automatic_failover_kinds_are_refused_by_this_versions_executor() -> None:
-    """Planned only in automatic mode (the planner and the simulator have them); `validate` refuses
-    that mode, and the executor refuses the kinds, until the agent runs them."""
+def test_the_leadership_kinds_are_refused_by_a_one_shot_executor() -> None:
+    """The etcd steps and the watchdog need the lease the agent's keeper holds: `apply` (the
+    shared executor) refuses them; the agent runs them (agent/coordination.py)."""
     from reconciler.execute.dispatch import run_action
     from tests.test_planner_cases import SPEC
 
-    for k in (Kind.COORD_ACQUIRE, Kind.COORD_RELEASE, Kind.COORD_PUBLISH, Kind.COORD_WITHDRAW, Kind.PG_SYNC_ON,
-              Kind.PG_SYNC_OFF, Kind.WATCHDOG_ARM, Kind.WATCHDOG_DISARM):
+    for k in (Kind.COORD_ACQUIRE, Kind.COORD_RELEASE, Kind.COORD_PUBLISH, Kind.COORD_WITHDRAW,
+              Kind.WATCHDOG_ARM, Kind.WATCHDOG_DISARM):
         r = run_action(SPEC, Action(k, "x", "test"))
-        assert not r.ok and r.detail == f"{k.value}: automatic failover is not run by this version", r.detail
+        assert not r.ok and r.detail.startswith(f"{k.value}: automatic failover steps are run by the agent"), r.detail

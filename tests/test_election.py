@@ -46,13 +46,16 @@ def test_acquire_hold_expire_and_the_next_epoch(cluster: EtcdCluster) -> None:
         time.sleep(0.2)
     after = cluster.run("mx2", e.read)
     assert (after.epoch, after.candidate, after.candidate_epoch) == (1, "mx2", 1)  # the candidate outlives it
-    assert not cluster.run("mx2", e.acquire, "mx2", lease2, 0)  # a stale epoch never wins
-    assert cluster.run("mx2", e.acquire, "mx2", lease2, 1)
+    assert not cluster.run("mx2", e.acquire, "mx2", lease2, 0, ("mx2", 1))  # a stale epoch never wins
+    assert not cluster.run("mx2", e.acquire, "mx2", lease2, 1)  # decided on "no candidate": not what etcd holds
+    assert cluster.run("mx2", e.acquire, "mx2", lease2, 1, ("mx2", 1))
     now = cluster.run("mx1", e.read)
     assert (now.epoch, now.holder, now.candidate) == (2, "mx2", None)  # the old candidate is cleared
+    assert cluster.run("mx2", e.publish_candidate, lease2, "mx1", 2)
     assert not cluster.run("mx1", e.release, lease1)
-    assert cluster.run("mx2", e.release, lease2)
-    assert cluster.run("mx1", e.read).holder is None and cluster.run("mx1", e.read).epoch == 2
+    assert cluster.run("mx2", e.release, lease2)  # a planned switchover: the candidate stays, for it to acquire
+    rel = cluster.run("mx1", e.read)
+    assert (rel.holder, rel.epoch, rel.candidate, rel.candidate_epoch) == (None, 2, "mx1", 2)
 
 
 def test_a_race_has_exactly_one_winner(cluster: EtcdCluster) -> None:

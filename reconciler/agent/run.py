@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING
 
 from reconciler import trust
 from reconciler.agent import logs
+from reconciler.agent.coordination import CoordError, Coordinator, is_leadership_step
 from reconciler.agent.loop import Acted, Converged, Loop, Observe, OperatorNeeded, Outcome, Retrying, Waiting
 from reconciler.agent.metrics import Metrics
 from reconciler.agent.peering import PeerLink, serve_deadline
 from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.source import FileSource, SourceError, SpecSource, stamp
-from reconciler.agent.state import RevisionState, revision_label, short
+from reconciler.agent.state import DEFAULT_STATE_DIR, RevisionState, revision_label, short
+from reconciler.coord.etcd import EtcdError
 from reconciler.execute import hooks
 from reconciler.execute.dispatch import Result, announce_held, run_action
 from reconciler.model import NodeObservation
@@ -59,13 +61,17 @@ class Agent:
         if node not in self.spec.model.nodes:
             raise SpecError(self.source.describe(), 1, 1, "nodes", f"this node {node!r} is not in nodes")
         self.revs = RevisionState(node, self.source.describe(), state_dir)
+        self.coord: Coordinator | None = None  # automatic failover: the lease keeper, the claim, the watchdog
+        if self.spec.model.failover.mode == "automatic":
+            self.coord = Coordinator(self.spec, node, state_dir or DEFAULT_STATE_DIR)
+        self._coord_lock = threading.Lock()
         self.revs.attempt(self.label)
         self.revs.running(self.label)
         self.peer = PeerLink(self.spec, node)
         self.metrics, self.notify = Metrics(), notifier or Notifier()
         self.wake, self.stopping = threading.Event(), threading.Event()
         self.watching = threading.Event()  # set once the watcher runs (tests wait for it)
-        self.loop = Loop(node, self._observe, self._fetch_peer, self._execute)
+        self.loop = Loop(node, self._loop_observe, self._fetch_peer, self._execute)
         self.peer_obs: NodeObservation | None = None
         self._snap: tuple[float, NodeObservation] | None = None
         self._snap_lock = threading.Lock()
@@ -93,9 +99,19 @@ class Agent:
 
     def _observe(self, spec: LoadedSpec, node: str) -> NodeObservation:
         obs = stamp(self._raw(spec, node), spec)
+        if self.coord is not None:
+            with self._coord_lock:
+                obs = obs.model_copy(update={"coord": self.coord.observe()})
         self._snap = (time.monotonic(), obs)
         self.notify.ready(f"observed; reconciling {short(self.label)}")
         return obs
+
+    def _loop_observe(self, spec: LoadedSpec, node: str) -> NodeObservation:
+        """The loop's own observation: also the heartbeat the lease keeper renews on (a hung loop
+        stops it; the peer channel's observations do not count)."""
+        if self.coord is not None:
+            self.coord.heartbeat()
+        return self._observe(spec, node)
 
     def _fetch_peer(self) -> NodeObservation | None:
         self.peer_obs = self.peer.fetch()
@@ -104,9 +120,21 @@ class Agent:
     def _execute(self, spec: LoadedSpec, a: Action) -> Result:
         self._acting_since = time.monotonic()
         try:
+            if self.coord is not None and is_leadership_step(a):
+                return self._leadership_step(spec, a)
             return run_action(spec, a)
         finally:
             self._acting_since = None
+
+    def _leadership_step(self, spec: LoadedSpec, a: Action) -> Result:
+        assert self.coord is not None
+        if a.blocked:
+            return Result(False, "blocked: " + "; ".join(a.waiting_on))
+        try:
+            with self._coord_lock:
+                return Result(True, self.coord.execute(spec, a))
+        except (CoordError, EtcdError) as e:
+            return Result(False, str(e).splitlines()[0][:300])
 
     def _start_server(self) -> None:
         from reconciler.peer import PeerServer, load_secret
@@ -142,6 +170,8 @@ class Agent:
         fenced = f", fenced: {', '.join(new.model.fenced)}" if new.model.fenced else ""
         log.info(f"{self.node}: now reconciling {rev}: primary is {new.model.primary}{fenced}")
         self.current = new
+        if self.coord is not None:
+            self.coord.update(new)
         self.revs.running(self.label)
         self.peer.update(new, self.node)
 
@@ -203,12 +233,14 @@ class Agent:
 
     def step(self) -> Outcome:
         self._reload()
+        if self.coord is not None:
+            self.coord.restart_keeper_if_dead()
         t0 = time.monotonic()
         o = self.loop.step(self.spec)
         if isinstance(o, Converged):
             self.revs.applied(self.label)
             self._last_wait = None  # a wait after this one is news again
-            self._converged_as("primary" if self.spec.model.primary == self.node else "secondary")
+            self._converged_as("primary" if self._primary(o) == self.node else "secondary")
         self.metrics.record(self.spec, o, self.peer_obs, time.monotonic() - t0,
                             {"applied": self.revs.rev.applied, "attempted": self.revs.rev.attempted,
                              "current": self.current.revision})
@@ -221,6 +253,13 @@ class Agent:
             if isinstance(o, OperatorNeeded):
                 self._hook("operator_needed", action=title(o.action), reason=o.reason)
         return o
+
+    def _primary(self, o: Outcome) -> str:
+        """The Primary this node plans for: the spec's in manual mode, the leader key's holder as
+        etcd and this node's claim say in automatic mode ("none" while nobody holds it)."""
+        from reconciler.plan.leadership import role
+
+        return role(self.spec.model, self.node, o.own, self.spec.digest, self.peer_obs).primary
 
     def _converged_as(self, role: str) -> None:
         """The role_change hook: this node converged in another role than the last time (not on
@@ -259,6 +298,8 @@ class Agent:
         if self.notify.interval is not None:
             threading.Thread(target=self._feed_watchdog, name="watchdog", daemon=True).start()
         self.check_uncommitted()
+        if self.coord is not None:
+            self.coord.start()
         self._reannounce()
         log.info(f"{self.node}: agent started for cluster {self.spec.model.cluster} from {self.source.describe()} "
                  f"({short(self.label)}, primary: {self.spec.model.primary})")
@@ -266,6 +307,8 @@ class Agent:
             self._loop()
         finally:
             self.notify.stopping()
+            if self.coord is not None:
+                self.coord.stop()
             if self._server is not None:
                 self._server.stop()
         log.info(f"{self.node}: stopped")
@@ -275,7 +318,8 @@ class Agent:
         """An agent killed after adding addresses may not have announced them: on start, the
         Primary announces the floating addresses it holds once more (GARPs leave no trace to
         observe, so this is the one thing done on start rather than from the plan)."""
-        if self.spec.model.primary != self.node:
+        holder = self.coord.claim.held_lease is not None if self.coord is not None else None
+        if holder is False or (holder is None and self.spec.model.primary != self.node):
             return
         try:
             obs = observe_node(self.spec, self.node)

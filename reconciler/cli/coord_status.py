@@ -7,44 +7,13 @@ from the root-only password file; neither the password nor a token is ever shown
 
 from __future__ import annotations
 
-from reconciler import safefile, trust
+from reconciler.agent.etcd_access import client_for
+from reconciler.coord.connect import CoordConfigError
 from reconciler.coord.election import Election
-from reconciler.coord.etcd import Credentials, EtcdClient, EtcdError
+from reconciler.coord.etcd import EtcdError
 from reconciler.spec.models import Spec
 
 STATUS_TIMEOUT_S = 1.5
-MAX_PASSWORD_BYTES = 1024
-
-
-class CoordConfigError(Exception):
-    pass
-
-
-def _password(path: str) -> str:
-    try:
-        trust.check_file(path, "etcd password file", secret=True)
-        data, _ = safefile.read_small(path, "etcd password file", MAX_PASSWORD_BYTES)
-    except (trust.UntrustedError, safefile.SmallFileError) as e:
-        raise CoordConfigError(str(e)) from None
-    except OSError as e:
-        raise CoordConfigError(f"{path}: cannot read the etcd password file: {e.strerror}") from None
-    return data.decode("utf-8", errors="strict").strip()
-
-
-def client_for(spec: Spec, timeout: float | None = None) -> EtcdClient:
-    e = spec.failover.etcd
-    creds = None
-    if e.username is not None and e.password_file is not None:
-        creds = Credentials(e.username, _password(e.password_file))
-    for path, what in ((e.ca_file, "etcd CA file"), (e.cert_file, "etcd client certificate"),
-                       (e.key_file, "etcd client key")):
-        if path is not None:
-            try:
-                trust.check_file(path, what, secret=what.endswith("key"))
-            except trust.UntrustedError as err:
-                raise CoordConfigError(str(err)) from None
-    return EtcdClient(spec.etcd_endpoints(), timeout=timeout or e.request_timeout_s, ca_file=e.ca_file,
-                      cert_file=e.cert_file, key_file=e.key_file, credentials=creds)
 
 
 def coordination_lines(spec: Spec) -> list[str]:

@@ -52,6 +52,11 @@ def _doc(kv: KeyValue | None) -> tuple[str | None, int | None]:
         return "(unreadable)", None
 
 
+def candidate_doc(node: str, epoch: int) -> str:
+    """The candidate key's value, byte for byte (an acquisition compares it)."""
+    return json.dumps({"node": node, "epoch": epoch})
+
+
 class Election:
     def __init__(self, client: EtcdClient, prefix: str) -> None:
         self.client = client
@@ -70,28 +75,32 @@ class Election:
                           holder_epoch=holder_epoch, holder_lease=leader_kv.lease if leader_kv else None,
                           candidate=cand, candidate_epoch=cand_epoch, revision=r.revision)
 
-    def acquire(self, node: str, lease: int, after_epoch: int) -> bool:
-        """Become the holder at epoch `after_epoch + 1`, only if nobody holds `leader` and the last
-        epoch is still `after_epoch` (what the caller decided on).  The candidate key is cleared:
-        it belonged to the previous epoch."""
-        epoch_key, leader_key = self.key("epoch"), self.key("leader")
+    def acquire(self, node: str, lease: int, after_epoch: int, candidate: tuple[str, int] | None = None) -> bool:
+        """Become the holder at epoch `after_epoch + 1`, only if nobody holds `leader`, the last
+        epoch is still `after_epoch` and the candidate key is still `candidate` (None: absent):
+        exactly what the caller decided on.  The candidate key is cleared: it belonged to the
+        previous epoch."""
+        epoch_key, leader_key, cand_key = self.key("epoch"), self.key("leader"), self.key("candidate")
         new = after_epoch + 1
         compare = [cmp_create_revision(leader_key, 0)]
         compare.append(cmp_create_revision(epoch_key, 0) if after_epoch == 0 else cmp_value(epoch_key, str(after_epoch)))
+        compare.append(cmp_create_revision(cand_key, 0) if candidate is None
+                       else cmp_value(cand_key, candidate_doc(*candidate)))
         r = self.client.txn(compare, [op_put(leader_key, json.dumps({"node": node, "epoch": new}), lease),
                                       op_put(epoch_key, str(new)), op_delete(self.key("candidate"))])
         return r.succeeded
 
     def release(self, lease: int) -> bool:
-        """Give the leader key up (a planned switchover), only while this lease carries it."""
+        """Give the leader key up (a planned switchover), only while this lease carries it.  The
+        candidate key stays: the candidate acquires the key at the next epoch."""
         leader_key = self.key("leader")
-        r = self.client.txn([cmp_lease(leader_key, lease)], [op_delete(leader_key), op_delete(self.key("candidate"))])
+        r = self.client.txn([cmp_lease(leader_key, lease)], [op_delete(leader_key)])
         return r.succeeded
 
     def publish_candidate(self, lease: int, node: str, epoch: int) -> bool:
         """Declare `node` fit to take over after `epoch`, only while this lease carries `leader`."""
         r = self.client.txn([cmp_lease(self.key("leader"), lease)],
-                            [op_put(self.key("candidate"), json.dumps({"node": node, "epoch": epoch}))])
+                            [op_put(self.key("candidate"), candidate_doc(node, epoch))])
         return r.succeeded
 
     def withdraw_candidate(self, lease: int) -> bool:

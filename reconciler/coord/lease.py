@@ -21,6 +21,8 @@ promote while this node's PostgreSQL may still be writable.  It only stops renew
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -139,9 +141,10 @@ def read_state(path: str) -> LeaseState | None:
 
 def run(keeper: Keeper, interval: float, heartbeat: str, max_heartbeat_age: float, state_path: str,
         should_stop: Callable[[], bool] = lambda: False) -> None:
-    """The keeper's loop: grant once, then renew every `interval` while the agent's heartbeat is
-    younger than `max_heartbeat_age`; write the state after every step."""
-    keeper.grant()
+    """The keeper's loop: grant once (unless it adopted a lease), then renew every `interval` while
+    the agent's heartbeat is younger than `max_heartbeat_age`; write the state after every step."""
+    if keeper.state.lease is None:
+        keeper.grant()
     while not should_stop():
         started = keeper.clock()
         age = heartbeat_age(heartbeat, started)
@@ -173,19 +176,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat", required=True, help="the agent's heartbeat file")
     p.add_argument("--max-heartbeat-age", type=float, required=True)
     p.add_argument("--state", required=True, help="where to write the lease state")
+    p.add_argument("--adopt", type=int, help="renew this lease (an agent restarted while holding) "
+                   "instead of granting one first; a lease etcd no longer has is replaced")
+    for opt in ("--ca-file", "--cert-file", "--key-file", "--username", "--password-file"):
+        p.add_argument(opt)
     a = p.parse_args(argv)
     stop = {"now": False}
+    parent = os.getppid()
 
     def _term(signum: int, frame: object) -> None:
         stop["now"] = True
 
     signal.signal(signal.SIGTERM, _term)
-    keeper = Keeper(EtcdClient(a.endpoint, timeout=a.timeout), a.ttl)
+    _exit_with_parent()
+    from reconciler.coord.connect import CoordConfigError, client
+
     try:
-        run(keeper, a.interval, a.heartbeat, a.max_heartbeat_age, a.state, lambda: stop["now"])
+        etcd = client(a.endpoint, a.timeout, ca_file=a.ca_file, cert_file=a.cert_file, key_file=a.key_file,
+                      username=a.username, password_file=a.password_file)
+    except CoordConfigError as e:
+        print(f"reconciler-lease-keeper: {e}", file=sys.stderr)
+        return 1
+    keeper = Keeper(etcd, a.ttl)
+    if a.adopt:
+        keeper.state = LeaseState(lease=a.adopt, ttl=a.ttl)
+    try:
+        run(keeper, a.interval, a.heartbeat, a.max_heartbeat_age, a.state,
+            lambda: stop["now"] or os.getppid() != parent)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _exit_with_parent() -> None:
+    """SIGTERM when the agent that started this keeper ends (Linux prctl PR_SET_PDEATHSIG); the
+    loop also checks its parent.  The lease is never revoked: it runs out on the server."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -51,10 +51,12 @@ def _nothing_to_run(a: Action) -> str:
     raise ActionFailed(f"{a.target}: nothing to run; the state is read again on the next cycle")
 
 
-def _automatic_only(a: Action) -> str:
-    """Planned only in automatic mode, which `validate` refuses in this version: the planner and the
-    simulated cluster have these kinds; the agent does not run them yet."""
-    raise ActionFailed(f"{a.kind.value}: automatic failover is not run by this version")
+def _agent_only(a: Action) -> str:
+    """Leadership steps (etcd transactions under this node's lease, the watchdog it feeds) need
+    the agent's lease keeper: the agent runs them (agent/coordination.py), never a one-shot
+    command."""
+    raise ActionFailed(f"{a.kind.value}: automatic failover steps are run by the agent (`reconciler run`), "
+                       "which holds the lease")
 
 
 def _pg(spec: LoadedSpec) -> Postgres:
@@ -174,21 +176,21 @@ def _execute(spec: LoadedSpec, a: Action) -> object:
         case Kind.AWAIT:
             return _nothing_to_run(a)
         case Kind.COORD_ACQUIRE:
-            return _automatic_only(a)
+            return _agent_only(a)
         case Kind.COORD_RELEASE:
-            return _automatic_only(a)
+            return _agent_only(a)
         case Kind.COORD_PUBLISH:
-            return _automatic_only(a)
+            return _agent_only(a)
         case Kind.COORD_WITHDRAW:
-            return _automatic_only(a)
+            return _agent_only(a)
         case Kind.PG_SYNC_ON:
-            return _automatic_only(a)
+            return postgres.set_sync(_pg(spec), (a.target,))
         case Kind.PG_SYNC_OFF:
-            return _automatic_only(a)
+            return postgres.set_sync(_pg(spec), ())
         case Kind.WATCHDOG_ARM:
-            return _automatic_only(a)
+            return _agent_only(a)
         case Kind.WATCHDOG_DISARM:
-            return _automatic_only(a)
+            return _agent_only(a)
         case _:
             assert_never(kind)
     return None

@@ -16,12 +16,12 @@ import tempfile
 from collections.abc import Iterator
 
 from reconciler import safefile, trust
-from reconciler.observe.pgparse import guc_key
+from reconciler.observe.pgparse import guc_key, parse_guc_file, parse_sync_names, render_sync_names
 from reconciler.pgrun import OWNED_CONF, PASSFILE, STANDBY_SIGNAL, Owner, PostgresError
 from reconciler.spec.models import Postgres
 
 OWNED_KEYS = ("port", "primary_conninfo", "primary_slot_name", "recovery_target_timeline", "wal_log_hints",
-              "unix_socket_directories")
+              "unix_socket_directories", "synchronous_standby_names")
 INCLUDE_LINE = f"include_if_exists = '{OWNED_CONF}'"
 SOURCE_CONNECT_TIMEOUT_S = 5
 MAX_PASSWORD_BYTES = 4096
@@ -55,11 +55,13 @@ def source_conninfo(
     return render_conninfo(params)
 
 
-def render_owned_conf(cfg: Postgres, conninfo: str) -> str:
-    """The whole owned file; `conninfo` is '' on a primary or an idle standby."""
+def render_owned_conf(cfg: Postgres, conninfo: str, sync: tuple[str, ...] = ()) -> str:
+    """The whole owned file; `conninfo` is '' on a primary or an idle standby; `sync` the
+    standbys a primary's commits wait for (automatic failover; () on a standby)."""
     return (
         "# Written by reconciler; every change here is overwritten.\n"
         f"port = {cfg.port}\n"
+        f"synchronous_standby_names = {guc_quote(render_sync_names(sync))}\n"
         f"primary_conninfo = {guc_quote(conninfo)}\n"
         "primary_slot_name = ''\n"
         "recovery_target_timeline = 'latest'\n"
@@ -144,16 +146,29 @@ def sanitize_auto_conf(data_dir: str, owner: Owner) -> bool:
     return atomic_write(path, "\n".join(kept) + "\n", owner)
 
 
-def write_config(cfg: Postgres, owner: Owner, source: tuple[str, int] | None, node: str) -> None:
-    """Passfile, owned file (conninfo to `source`, or none), include line, sanitized auto.conf."""
+def owned_sync_names(data_dir: str) -> tuple[str, ...]:
+    """synchronous_standby_names as the owned file sets it now (() when there is none)."""
+    lines = _read_lines(os.path.join(data_dir, OWNED_CONF))
+    if lines is None:
+        return ()
+    return parse_sync_names(parse_guc_file("\n".join(lines)).get("synchronous_standby_names", ""))
+
+
+def write_config(cfg: Postgres, owner: Owner, source: tuple[str, int] | None, node: str,
+                 sync: tuple[str, ...] | None = ()) -> None:
+    """Passfile, owned file (conninfo to `source`, or none), include line, sanitized auto.conf.
+    `sync`: the synchronous standbys to set; None keeps what the owned file has (a primary
+    restarted in place keeps making its commits wait: relaxing that is a planned step)."""
     d = cfg.data_dir
+    if sync is None:
+        sync = owned_sync_names(d)
     passfile = None
     password = read_password(cfg)
     if password is not None:
         passfile = os.path.join(d, PASSFILE)
         atomic_write(passfile, render_passfile(cfg.replication_user, password), owner, 0o600)
     conninfo = source_conninfo(cfg, source[0], source[1], node, passfile) if source else ""
-    atomic_write(os.path.join(d, OWNED_CONF), render_owned_conf(cfg, conninfo), owner, 0o600)
+    atomic_write(os.path.join(d, OWNED_CONF), render_owned_conf(cfg, conninfo, sync), owner, 0o600)
     ensure_include(d, owner)
     sanitize_auto_conf(d, owner)
 

@@ -203,8 +203,18 @@ def start_primary(cfg: Postgres) -> str:
     if state in _STANDBY_STATES:
         raise PostgresError(f"refusing to start a standby data directory ({state!r}) as primary: promote it instead")
     pgconf.remove_standby_signal(cfg.data_dir)
-    pgconf.write_config(cfg, owner, None, "")
+    pgconf.write_config(cfg, owner, None, "", sync=None)
     return _start(cfg, owner)
+
+
+def set_sync(cfg: Postgres, names: tuple[str, ...], host: str | None = None) -> str:
+    """Make a running primary's commits wait for `names` (() for nobody): the owned file, then
+    a reload; the next observation shows the live value (SHOW synchronous_standby_names)."""
+    if postmaster(cfg.data_dir) is None:
+        raise PostgresError("refusing to change synchronous replication: PostgreSQL is not running")
+    pgconf.write_config(cfg, data_owner(cfg.data_dir), None, "", sync=names)
+    _sql(cfg, "SELECT pg_reload_conf()", host)
+    return ""
 
 
 def promote(cfg: Postgres, host: str | None = None) -> str:

@@ -166,3 +166,28 @@ def parse_conninfo(text: str) -> dict[str, str]:
         out[m.group(1)] = _unescape(v[1:-1] if v.startswith("'") else v, False)
         pos = m.end()
     return out
+
+
+_SYNC_METHOD = re.compile(r"(?is)^\s*(?:(first|any)\s+)?(\d+)\s*\((.*)\)\s*$")
+
+
+def parse_sync_names(value: str) -> tuple[str, ...]:
+    """synchronous_standby_names as the standby names it lists (`a, "b"`, `FIRST 1 (a, b)`,
+    `ANY 2 (a, b, c)`; `*` stays `*`); () when commits wait for nobody."""
+    m = _SYNC_METHOD.match(value)
+    body = m.group(3) if m else value
+    names = []
+    for item in body.split(","):
+        item = item.strip()
+        if len(item) >= 2 and item.startswith('"') and item.endswith('"'):
+            item = item[1:-1].replace('""', '"')
+        if item:
+            names.append(item)
+    return tuple(names)
+
+
+def render_sync_names(names: tuple[str, ...]) -> str:
+    """The value for synchronous_standby_names: FIRST n of the quoted names ('' for none)."""
+    if not names:
+        return ""
+    return f"FIRST {len(names)} (" + ", ".join('"' + n.replace('"', '""') + '"' for n in names) + ")"

@@ -44,6 +44,7 @@ _SQL_STANDBY = (
     " pg_get_wal_replay_pause_state() <> 'not paused'"
 )
 _SQL_WALRECEIVER = "SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver"
+_SQL_REPLICATION = "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY application_name"
 
 
 def read_postgres(cfg: Postgres, host: str | None = None) -> PostgresObs:
@@ -153,6 +154,7 @@ def _query_positions(conn: psycopg.Connection) -> dict[str, Any]:
     out: dict[str, Any] = {"in_recovery": in_recovery, "control_timeline": control_tli}
     if in_recovery is False:
         out["current_lsn"], out["timeline"] = conn.execute(_SQL_PRIMARY).fetchone() or (None, None)
+        out.update(_replication(conn))
         return out
     rcv, rpl, paused = conn.execute(_SQL_STANDBY).fetchone() or (None, None, None)
     out.update(receive_lsn=rcv, replay_lsn=rpl, replay_paused=paused)
@@ -160,6 +162,17 @@ def _query_positions(conn: psycopg.Connection) -> dict[str, Any]:
     if row is not None:
         out["wal_receiver"] = WalReceiverObs(status=row[0], sender_host=row[1], sender_port=row[2], received_tli=row[3])
     return out
+
+
+def _replication(conn: psycopg.Connection) -> dict[str, Any]:
+    """A primary's synchronous replication: the standbys commits wait for (the live value of
+    synchronous_standby_names), those pg_stat_replication shows streaming, and of those the
+    ones in sync now (`sync`, or `quorum` with ANY)."""
+    row = conn.execute("SHOW synchronous_standby_names").fetchone()
+    rows = conn.execute(_SQL_REPLICATION).fetchall()
+    streaming = tuple(r[0] for r in rows if r[1] == "streaming")
+    return {"sync_names": pgparse.parse_sync_names(str(row[0]) if row else ""), "streaming_standbys": streaming,
+            "sync_standbys": tuple(r[0] for r in rows if r[1] == "streaming" and r[2] in ("sync", "quorum"))}
 
 
 def replay_timeline(cfg: Postgres, host: str | None = None) -> int:

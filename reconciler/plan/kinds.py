@@ -39,7 +39,20 @@ class DrbdMount:
         return {"device": self.device, "resource": self.resource}
 
 
-Payload = ReplicationSource | DrbdMount
+@dataclass(frozen=True)
+class Acquisition:
+    """What an acquisition was decided on: etcd's last epoch and its candidate key as observed
+    (None: none).  The transaction succeeds only if etcd still shows exactly that."""
+
+    after_epoch: int
+    candidate: str | None = None
+    candidate_epoch: int | None = None
+
+    def text_fields(self) -> dict[str, str]:
+        return {"epoch": str(self.after_epoch + 1)}
+
+
+Payload = ReplicationSource | DrbdMount | Acquisition
 
 
 class Kind(str, Enum):
@@ -102,7 +115,7 @@ class Row:
     # Its items are addresses: listed and counted one change per address.
     addresses: bool = False
     # The payload its executor reads; an action of this kind carries one of this type or none.
-    payload: type[ReplicationSource] | type[DrbdMount] | None = None
+    payload: type[ReplicationSource] | type[DrbdMount] | type[Acquisition] | None = None
 
 
 def _row(kind: Kind) -> Row:
@@ -151,7 +164,7 @@ def _row(kind: Kind) -> Row:
         case Kind.PG_CHECKPOINT:
             return Row("~", "postgres: CHECKPOINT (pg_control timeline is stale)")
         case Kind.COORD_ACQUIRE:
-            return Row("+", "etcd: acquire the leader key")
+            return Row("+", "etcd: acquire the leader key at epoch {epoch}", payload=Acquisition)
         case Kind.COORD_RELEASE:
             return Row("-", "etcd: release the leader key")
         case Kind.COORD_PUBLISH:

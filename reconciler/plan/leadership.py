@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 from reconciler.model import CoordObs, NodeObservation
 from reconciler.plan.actions import Action, Guard, Kind
+from reconciler.plan.kinds import Acquisition
 from reconciler.spec.models import Spec
 
 ETCD = "etcd"
@@ -159,7 +160,7 @@ def acquire(spec: Spec, me: str, own: NodeObservation, peer: NodeObservation | N
               Guard("lease_fresh", c.since_renewal_s is not None and c.since_renewal_s < spec.failover.demote_after_s,
                     "the lease keeper has no freshly renewed lease")]
     return [Action(Kind.COORD_ACQUIRE, ETCD, f"acquire the leader key at epoch {c.epoch + 1}: {why}",
-                   guards=tuple(guards))]
+                   guards=tuple(guards), payload=Acquisition(c.epoch, c.candidate, c.candidate_epoch))]
 
 
 PROMOTIONS = (Kind.PG_PROMOTE, Kind.PG_START_PRIMARY, Kind.DRBD_PRIMARY)

@@ -1,6 +1,5 @@
 """The checks of an automatic `failover:` section that need the whole spec (two nodes, a witness
-that is another machine, synchronous replication, the timing relations, TLS and credentials),
-and the refusal of automatic mode by this version (`PLAN_ONLY` lifts it for the simulator)."""
+that is another machine, synchronous replication, the timing relations, TLS and credentials)."""
 
 from __future__ import annotations
 
@@ -13,8 +12,8 @@ def check_failover(spec: Spec, plan_only: bool = False) -> None:
     f = spec.failover
     if f.mode != "automatic":
         if spec.postgres is not None and spec.postgres.synchronous and not plan_only:
-            raise SpecValueError(("postgres", "synchronous"), "synchronous replication is not available in this "
-                                 "version yet (it comes with automatic failover): remove it or set it false")
+            raise SpecValueError(("postgres", "synchronous"), "synchronous replication is managed only in "
+                                 "failover.mode: automatic (it decides the failover candidate): remove it or set it false")
         return
     if len(spec.nodes) != 2:
         raise SpecValueError(("failover", "mode"), "automatic failover needs two nodes")
@@ -40,10 +39,3 @@ def check_failover(spec: Spec, plan_only: bool = False) -> None:
     if (f.etcd.username is None) != (f.etcd.password_file is None):
         raise SpecValueError(("failover", "etcd", "username" if f.etcd.username is None else "password_file"),
                              "username and password_file go together")
-    # Last, once everything above holds: the agent cannot run automatic failover yet, and a spec
-    # that asks for it must not be taken for one that gets it.  Only a caller that plans and
-    # never applies (the simulated cluster) validates with the PLAN_ONLY context.
-    if plan_only:
-        return
-    raise SpecValueError(("failover", "mode"), "automatic failover is not available in this version yet: "
-                         "keep mode: manual (this section's checks and `reconciler etcd-config` work already)")
