@@ -1,7 +1,9 @@
 """A client that commits one row at a time through the floating IP and logs each
 acknowledged commit (`id monotonic_time`), until the stop file appears.
 
-    writer.py HOST OUTFILE STOPFILE
+    writer.py HOST OUTFILE STOPFILE [FIRST_ID]
+
+(ids start after FIRST_ID, 0 by default: a second client on the same table starts elsewhere)
 
 `commit_rows` is the loop itself, shared with the lab's in-process writer
 (lab.cluster.Writer) and the benchmark's fast client (bench/_fastwriter.py).
@@ -63,12 +65,14 @@ def _close(conn: psycopg.Connection | None) -> None:
 
 def main() -> int:
     host, out, stop = sys.argv[1:4]
+    first = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     with open(out, "a", buffering=1) as log:
         commit_rows(
             lambda: psycopg.connect(host=host, port=5432, user="app", dbname="postgres", connect_timeout=1,
                                     autocommit=True),
             lambda i: log.write(f"{i} {time.monotonic():.6f}\n"),
             lambda: os.path.exists(stop),
+            first_id=first,
         )
     return 0
 

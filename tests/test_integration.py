@@ -56,12 +56,12 @@ def test_bring_up_from_fresh_data_directories(cluster):
 class Writer:
     """The client: commits rows through the floating IP from its own namespace."""
 
-    def __init__(self, c: TwoNode) -> None:
+    def __init__(self, c: TwoNode, first_id: int = 0) -> None:
         self.c = c
         self.out = os.path.join(c.root, f"writes-{time.monotonic_ns()}.log")
         self.stop_file = self.out + ".stop"
         self.p = subprocess.Popen(["ip", "netns", "exec", c.ns["cl"], PY, WRITER,
-                                   VIP, self.out, self.stop_file], cwd=ROOT_DIR, stdin=subprocess.DEVNULL,
+                                   VIP, self.out, self.stop_file, str(first_id)], cwd=ROOT_DIR, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def acks(self) -> list[tuple[int, float]]:

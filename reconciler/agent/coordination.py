@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from reconciler.agent.etcd_access import client_for, keeper_args
 from reconciler.coord import claim as claims
 from reconciler.coord.claim import Claim
 from reconciler.coord.election import Election
+from reconciler.coord.etcd import EtcdError
 from reconciler.coord.lease import LeaseState, boottime, read_state, write_heartbeat
 from reconciler.coord.watchdog import Watchdog, WatchdogError
 from reconciler.model import CoordObs
@@ -45,6 +47,7 @@ log = logging.getLogger("reconciler")
 FEED_POLL_S = 0.1
 KEEPER_STOP_S = 5.0
 LEASE_WAIT_S = 10.0
+ARMED = "watchdog-armed"  # present while this agent holds the watchdog armed (for `plan` and `status`)
 KINDS = (Kind.COORD_ACQUIRE, Kind.COORD_RELEASE, Kind.COORD_PUBLISH, Kind.COORD_WITHDRAW, Kind.WATCHDOG_ARM,
          Kind.WATCHDOG_DISARM)
 
@@ -119,6 +122,8 @@ class Coordinator:
             if self.watchdog is not None and self.claim.held_lease is None:
                 self.watchdog.disarm()
                 self.watchdog = None
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.dir, ARMED))
 
     def keeper_alive(self) -> bool:
         return self.keeper is not None and self.keeper.poll() is None
@@ -186,7 +191,14 @@ class Coordinator:
         if st is None or st.lease is None:
             raise CoordError("the lease keeper has no lease")
         cand = (p.candidate, p.candidate_epoch) if p.candidate is not None and p.candidate_epoch is not None else None
-        if not self.election.acquire(self.node, st.lease, p.after_epoch, cand):
+        try:
+            won = self.election.acquire(self.node, st.lease, p.after_epoch, cand)
+        except EtcdError:  # sent, no reply: it may have been applied; etcd says whether it was
+            v = self.election.read()
+            won = (v.holder, v.holder_epoch, v.holder_lease) == (self.node, p.after_epoch + 1, st.lease)
+            if not won:
+                raise
+        if not won:
             raise CoordError(f"etcd no longer shows what the acquisition was decided on (epoch {p.after_epoch}, "
                              "nobody holding the key, the same candidate)")
         self._save(claims.acquired(self.claim, p.after_epoch + 1, st.lease, spec.revision or spec.digest))
@@ -210,6 +222,7 @@ class Coordinator:
                     raise CoordError(str(e)) from None
                 st = self.lease_state()
                 self._fed_for = st.last_ok_sent if st is not None else None
+                safefile.write_file(os.path.join(self.dir, ARMED), f"{wd.device}\n".encode())
             if self.watchdog.timeout > wd.timeout_s:
                 raise CoordError(f"the watchdog {wd.device} took a timeout of {self.watchdog.timeout} s, "
                                  f"more than watchdog.timeout_s ({wd.timeout_s})")
@@ -221,6 +234,8 @@ class Coordinator:
                 return ""
             stops = self.watchdog.disarm()
             self.watchdog = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.dir, ARMED))
         return "" if stops else "the driver has nowayout: it resets this node at its timeout"
 
     def _feed(self) -> None:
@@ -241,3 +256,15 @@ class Coordinator:
 
 def is_leadership_step(a: Action) -> bool:
     return a.kind in KINDS
+
+
+def read_only(spec: LoadedSpec, node: str, state_dir: str) -> CoordObs:
+    """The leadership part of an observation for `plan` and `status`, which run beside the agent:
+    the same reads (etcd, the keeper's state, the claim), nothing written."""
+    d = coord_dir(state_dir, node)
+    try:
+        claim = read_claim(os.path.join(d, "claim.json"))
+    except CoordError as e:
+        return CoordObs(error=str(e))
+    return observe(list(spec.model.nodes), Election(client_for(spec.model), spec.model.etcd_prefix()), claim,
+                   read_state(os.path.join(d, "lease.json")), boottime(), os.path.exists(os.path.join(d, ARMED)))

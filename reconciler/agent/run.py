@@ -107,11 +107,13 @@ class Agent:
         return obs
 
     def _loop_observe(self, spec: LoadedSpec, node: str) -> NodeObservation:
-        """The loop's own observation: also the heartbeat the lease keeper renews on (a hung loop
-        stops it; the peer channel's observations do not count)."""
-        if self.coord is not None:
+        """The loop's own observation: also the heartbeat the lease keeper renews on, written only
+        when PostgreSQL answered (or is not running): a hung loop or a hung PostgreSQL stops it,
+        and the lease then runs out.  The peer channel's observations never count."""
+        obs = self._observe(spec, node)
+        if self.coord is not None and "postgres" not in obs.failed_parts():
             self.coord.heartbeat()
-        return self._observe(spec, node)
+        return obs
 
     def _fetch_peer(self) -> NodeObservation | None:
         self.peer_obs = self.peer.fetch()

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--peer-observed", metavar="SNAPSHOT.json", help="saved snapshot of the peer")
     pl.add_argument("--json", action="store_true", help="machine-readable, versioned output")
     pl.add_argument("--verbose", "-v", action="store_true", help="list every address")
-    _git_args(pl, rev=True)
+    _git_args(pl, rev=True, state=True)
     pl.add_argument("-out", "--out", metavar="FILE", help="save the plan; `reconciler apply FILE` runs exactly it")
 
     ap = sub.add_parser("apply", help="one pass: plan, then act until converged, blocked or failed")

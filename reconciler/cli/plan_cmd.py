@@ -52,7 +52,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.observed is None:
         from reconciler.observe.node import observe_node
 
-        own = observe_node(spec, node)
+        own = with_coord(spec, node, observe_node(spec, node), getattr(args, "state_dir", None))
         peer = _live_peer(spec, node) if args.peer_observed is None else load_snapshot(args.peer_observed)
     else:
         own = load_snapshot(args.observed)
@@ -74,6 +74,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"\nSaved the plan to {args.out}: `reconciler apply {args.out}` runs exactly these actions, "
               "and refuses if the spec or the observed state changes first.", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if p.empty else EXIT_CHANGES
+
+
+def with_coord(spec: LoadedSpec, node: str, own: NodeObservation, state_dir: str | None) -> NodeObservation:
+    """Automatic failover: the leadership as the agent sees it (etcd, its keeper, its claim)."""
+    if spec.model.failover.mode != "automatic":
+        return own
+    from reconciler.agent.coordination import read_only
+    from reconciler.agent.state import DEFAULT_STATE_DIR
+
+    return own.model_copy(update={"coord": read_only(spec, node, state_dir or DEFAULT_STATE_DIR)})
 
 
 def _live_peer(spec: LoadedSpec, node: str) -> NodeObservation | None:

@@ -15,6 +15,7 @@ from reconciler.agent.source import SourceError, SpecSource, stamp
 from reconciler.agent.state import DEFAULT_STATE_DIR, Revisions, read_state, revision_label, short, state_path
 from reconciler.cli import sources
 from reconciler.cli.common import EXIT_OK
+from reconciler.cli.plan_cmd import with_coord
 from reconciler.model import NodeObservation, PostgresObs, lsn_to_int
 from reconciler.observe.node import observe_node
 from reconciler.plan.agreement import spec_roles
@@ -27,7 +28,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     source = sources.from_args(args, file_default=FILE_DEFAULT)
     spec = sources.load(source)
     node = sources.node_of(spec, args.node, source)
-    own = stamp(observe_node(spec, node), spec)
+    own = stamp(with_coord(spec, node, observe_node(spec, node), args.state_dir), spec)
     if args.json:
         sys.stdout.write(own.to_json() + "\n")
         return EXIT_OK

@@ -219,6 +219,7 @@ class EtcdClient:
                 continue
             except (OSError, http.client.HTTPException, TimeoutError) as e:
                 errors.append(f"{u.netloc}: {type(e).__name__}: {e}")
+                self._avoid(idx)
                 if path in _IDEMPOTENT:
                     continue
                 raise EtcdError(f"{path} sent to etcd but no reply (it may or may not have been applied): "
@@ -235,11 +236,20 @@ class EtcdClient:
                     raise EtcdAuthError(f"etcd at {u.netloc} refused a fresh token for {path}: {message}")
                 self._authenticate(deadline)
                 return self._post(path, req, max(0.1, deadline - time.monotonic()), reauth=False)
-            if path in _IDEMPOTENT and (status in (502, 503, 504) or "leader" in message or "timed out" in message):
-                errors.append(f"{u.netloc}: {message}")  # this member has no quorum now: try another
+            if "no leader" in message or (path in _IDEMPOTENT and (status in (502, 503, 504) or "leader" in message
+                                                                  or "timed out" in message)):
+                # this member has no quorum now (a member without a leader applies nothing): try another
+                errors.append(f"{u.netloc}: {message}")
+                self._avoid(idx)
                 continue
             raise EtcdError(f"etcd at {u.netloc} refused {path}: {message}")
         raise EtcdError("no etcd endpoint answered in time: " + "; ".join(errors or ["deadline passed"]))
+
+    def _avoid(self, idx: int) -> None:
+        """A member that failed is not asked first next time (one cut off from the raft leader
+        by a partial partition answers nothing until the cut heals)."""
+        if idx == self._preferred:
+            self._preferred = (idx + 1) % len(self._endpoints)
 
     @staticmethod
     def _decode(u: urllib.parse.SplitResult, status: int, data: bytes) -> dict[str, Any]:

@@ -22,6 +22,11 @@ from reconciler.spec.models import Postgres
 
 OWNED_KEYS = ("port", "primary_conninfo", "primary_slot_name", "recovery_target_timeline", "wal_log_hints",
               "unix_socket_directories", "synchronous_standby_names")
+# With synchronous replication (automatic failover) commits wait for the standby: a standby that is
+# gone (a cut link drops packets silently) must leave pg_stat_replication quickly, so that the
+# candidate is withdrawn and commits stop waiting; PostgreSQL's default is 60 s.  (Not an owned key:
+# an operator's ALTER SYSTEM wal_sender_timeout, read after this file, still wins.)
+SYNC_SENDER_TIMEOUT_S = 5
 INCLUDE_LINE = f"include_if_exists = '{OWNED_CONF}'"
 SOURCE_CONNECT_TIMEOUT_S = 5
 MAX_PASSWORD_BYTES = 4096
@@ -62,7 +67,9 @@ def render_owned_conf(cfg: Postgres, conninfo: str, sync: tuple[str, ...] = ()) 
         "# Written by reconciler; every change here is overwritten.\n"
         f"port = {cfg.port}\n"
         f"synchronous_standby_names = {guc_quote(render_sync_names(sync))}\n"
-        f"primary_conninfo = {guc_quote(conninfo)}\n"
+        + (f"wal_sender_timeout = '{SYNC_SENDER_TIMEOUT_S}s'  # a dead synchronous standby is seen in seconds\n"
+           if cfg.synchronous else "")
+        + f"primary_conninfo = {guc_quote(conninfo)}\n"
         "primary_slot_name = ''\n"
         "recovery_target_timeline = 'latest'\n"
         "wal_log_hints = on  # pg_rewind needs it (or data checksums)\n"

@@ -114,6 +114,9 @@ def crash_recover(cfg: Postgres) -> str:
     return out
 
 
+CLONE_APPLICATION_NAME = "reconciler-clone"
+
+
 def clone(cfg: Postgres, source_host: str, source_port: int, node: str) -> str:
     """pg_basebackup of the source into the EMPTY data directory, then standby config.
 
@@ -129,7 +132,10 @@ def clone(cfg: Postgres, source_host: str, source_port: int, node: str) -> str:
     with safefile.directory(d) as dfd:  # fchmod: a link put at `d` is not followed
         os.fchmod(dfd, 0o700)
     with pgconf.temp_passfile(cfg, owner) as passfile:
-        conninfo = pgconf.source_conninfo(cfg, source_host, source_port, node, passfile)
+        # Not the node's name: pg_basebackup's WAL stream shows in the source's pg_stat_replication,
+        # and under the node's name it would pass for that standby streaming (even `sync`), which
+        # automatic failover would take for a synchronous candidate.
+        conninfo = pgconf.source_conninfo(cfg, source_host, source_port, CLONE_APPLICATION_NAME, passfile)
         argv = [pg_bin(cfg, "pg_basebackup"), "-D", d, "-d", conninfo, "-X", "stream", "-c", "fast", "-w"]
         out = _output(run_as_owner(owner, argv, COPY_TIMEOUT_S))
     _drop_copied_socket_locks(d)

@@ -1,0 +1,323 @@
+"""Automatic failover on real components: three network namespaces for the machines (two nodes and
+a witness), three real etcd 3.4 members, a real PostgreSQL 15 per node, the real agents, and a
+client committing through the floating address from a fourth namespace.
+
+Every case runs with a monitor that samples both nodes every 50 ms and asserts, at the end, that
+never were both nodes able to acknowledge a commit (PostgreSQL writable *and* not waiting for a
+synchronous standby that follows someone else: the client's commit would hang, never return), and
+that every commit the client saw acknowledged is on the node that is Primary at the end.
+
+The cases share one cluster (building it takes ~10 s) and run in order; each starts from the
+steady state it names (a holder serving, its peer the synchronous, published candidate).
+The namespaces have no watchdog (this machine's kernel has none): the spec says `watchdog: off`,
+and the frozen-agent case shows what that costs (see `test_agent_then_postmaster_frozen`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from demo.auto_cluster import AutoTwoNode
+from demo.cluster import NODES, VIP, wait_for
+from reconciler.pgrun import postmaster
+from tests.conftest import need_etcd, need_postgres
+from tests.test_integration import Writer, holds, rows_on
+
+pytestmark = pytest.mark.slow
+
+OTHER = {"mx1": "mx2", "mx2": "mx1"}
+QUIET_S = 15.0  # longer than the lease TTL (10 s): anything that would happen has happened
+
+
+class Monitor:
+    """Samples each node: does its PostgreSQL accept writes, and would a commit be acknowledged
+    (synchronous_standby_names empty, or the named standby streaming from it right now)?"""
+
+    def __init__(self, c: AutoTwoNode) -> None:
+        self.c = c
+        self.both: list[tuple[float, dict[str, str]]] = []
+        self.seen: dict[str, int] = {n: 0 for n in NODES}
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _state(self, node: str) -> str:
+        try:
+            with psycopg.connect(host=os.path.join(self.c.root, node, "sock"), port=5432, user="postgres",
+                                 dbname="postgres", connect_timeout=1, autocommit=True) as conn:
+                conn.execute("SET statement_timeout = 1000")
+                row = conn.execute(
+                    "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names'),"
+                    " (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+                    "  AND sync_state IN ('sync', 'quorum'))").fetchone()
+        except psycopg.Error:
+            return "down"
+        assert row is not None
+        if row[0]:
+            return "standby"
+        return "acknowledging" if (not row[1] or row[2] > 0) else "writable-but-waiting"
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            now = time.monotonic()
+            states = {n: self._state(n) for n in NODES}
+            for n, s in states.items():
+                if s == "acknowledging":
+                    self.seen[n] += 1
+            if all(s == "acknowledging" for s in states.values()):
+                self.both.append((now, states))
+            self.stop.wait(0.05)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.t.join(10)
+        assert not self.both, f"both nodes could acknowledge commits at once: {self.both[:3]}"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[AutoTwoNode]:
+    need_etcd()
+    need_postgres()
+    c = AutoTwoNode(n_ips=4)
+    try:
+        c.build("mx1")
+        for n in NODES:
+            c.start_agent(n)
+        wait_for(lambda: c.steady("mx1"), 120, "mx1 holding the key with mx2 its synchronous candidate", every=0.3)
+        yield c
+    finally:
+        for n in NODES:
+            path = os.path.join(c.root, n, "agent.log")
+            print(f"----- {n} agent log -----\n" + (open(path).read()[-8000:] if os.path.exists(path) else ""))
+        c.close()
+
+
+_clients = iter(range(1, 1000))
+
+
+def _writer(c: AutoTwoNode) -> Writer:
+    """A client whose ids start where no earlier case's client wrote."""
+    return Writer(c, first_id=next(_clients) * 10_000_000)
+
+
+def _no_loss(c: AutoTwoNode, w: Writer, primary: str) -> int:
+    acks = w.stop()
+    acked = {i for i, _ in acks}
+    missing = acked - rows_on(c, primary)
+    assert not missing, f"acknowledged commits missing on {primary}: {sorted(missing)[:10]}"
+    return len(acked)
+
+
+def _holder(c: AutoTwoNode) -> str:
+    h = c.leader()[0]
+    assert h in NODES
+    return h
+
+
+def _unchanged(c: AutoTwoNode, holder: str, epoch: int, seconds: float = QUIET_S) -> None:
+    """For `seconds`: the same holder at the same epoch, the other node never writable."""
+    other = OTHER[holder]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        assert c.leader() == (holder, epoch), f"the leadership moved: {c.leader()}"
+        assert not c.status_json(other)["postgres"].get("in_recovery") is False, f"{other} became writable"
+        time.sleep(0.5)
+
+
+def test_cut_from_the_witness_only_changes_nothing(cluster: AutoTwoNode) -> None:
+    c = cluster
+    h = _holder(c)
+    wait_for(lambda: c.steady(h), 60, "steady")
+    epoch = c.leader()[1]
+    m, w = Monitor(c), _writer(c)
+    w.wait_acks(20)
+    c.cut(h, "wit")
+    try:
+        _unchanged(c, h, epoch)
+        w.wait_acks(20)  # the holder still serves: its own member and the peer's are a majority
+    finally:
+        c.heal(h, "wit")
+    m.finish()
+    _no_loss(c, w, h)
+
+
+def test_witness_down_changes_nothing(cluster: AutoTwoNode) -> None:
+    c = cluster
+    h = _holder(c)
+    epoch = c.leader()[1]
+    m, w = Monitor(c), _writer(c)
+    c.stop_etcd("wit")
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < QUIET_S:
+            assert c.status_json(OTHER[h])["postgres"]["in_recovery"] is True
+            assert holds(c, h, VIP) and not holds(c, OTHER[h], VIP)
+            time.sleep(0.5)
+        w.wait_acks(20)
+    finally:
+        c.start_etcd("wit")
+    wait_for(lambda: c.leader() == (h, epoch), 30, "the witness back, nothing changed")
+    m.finish()
+    _no_loss(c, w, h)
+
+
+def test_cut_from_the_peer_only_promotes_nothing(cluster: AutoTwoNode) -> None:
+    """Replication and the peer channel cut, etcd reachable from both: the holder keeps its key;
+    commits stop waiting for the standby only after it was withdrawn as the candidate."""
+    c = cluster
+    h = _holder(c)
+    wait_for(lambda: c.steady(h), 60, "steady")
+    epoch = c.leader()[1]
+    m, w = Monitor(c), _writer(c)
+    w.wait_acks(10)
+    c.cut(h, OTHER[h])
+    try:
+        wait_for(lambda: "candidate" not in c.keys(), 30, "the candidate withdrawn")
+        _unchanged(c, h, epoch)
+        w.wait_acks(20, timeout=30)  # acknowledged again once it stopped waiting for the standby
+    finally:
+        c.heal(h, OTHER[h])
+    wait_for(lambda: c.steady(h), 60, "the standby synchronous and published again")
+    m.finish()
+    _no_loss(c, w, h)
+
+
+def test_cut_from_both_demotes_itself_and_the_peer_takes_over(cluster: AutoTwoNode) -> None:
+    c = cluster
+    old = _holder(c)
+    new = OTHER[old]
+    wait_for(lambda: c.steady(old), 60, "steady")
+    epoch = c.leader()[1]
+    m, w = Monitor(c), _writer(c)
+    w.wait_acks(20)
+    t0 = time.monotonic()
+    c.cut(old, new)
+    c.cut(old, "wit")
+    try:
+        wait_for(lambda: c.leader() == (new, epoch + 1), 60, f"{new} holding the key at epoch {epoch + 1}")
+        taken = time.monotonic() - t0
+        wait_for(lambda: holds(c, new, VIP), 30, f"{new} holding the floating address")
+        w.wait_acks(20, timeout=60)
+        assert not holds(c, old, VIP), f"{old} still holds the floating address"
+        assert c.status_json(old)["postgres"]["running"] is False, f"{old} did not stop its PostgreSQL"
+    finally:
+        c.heal(old, new)
+        c.heal(old, "wit")
+    m.finish()
+    n = _no_loss(c, w, new)
+    print(f"takeover: cut -> {new} holds the key in {taken:.1f} s; {n} commits acknowledged, 0 lost")
+
+
+def test_the_old_primary_comes_back_without_failing_back(cluster: AutoTwoNode) -> None:
+    """After the takeover: the old Primary never becomes writable again by itself; its data
+    diverged by at least its shutdown checkpoint, so rejoining needs the operator's `fenced:`
+    (the plan says so), after which it is rewound and becomes the synchronous candidate."""
+    c = cluster
+    h = _holder(c)
+    old = OTHER[h]
+    epoch = c.leader()[1]
+    m, w = Monitor(c), _writer(c)
+    time.sleep(QUIET_S / 2)
+    assert c.leader() == (h, epoch)
+    assert c.status_json(old)["postgres"].get("in_recovery") is not False
+    r = c.plan(old)
+    if "fenced: [" in r.stdout:  # diverged: the operator consents (and names the new Primary)
+        c.set_primary(h, fenced=(old,))
+        wait_for(lambda: c.status_json(old)["postgres"].get("in_recovery") is True, 90, f"{old} rewound, a standby")
+        c.set_primary(h)
+    wait_for(lambda: c.steady(h), 90, f"{old} the synchronous candidate of {h}")
+    assert c.leader() == (h, epoch), "the holder changed"
+    w.wait_acks(20)
+    m.finish()
+    _no_loss(c, w, h)
+
+
+def test_planned_switchover_in_automatic_mode(cluster: AutoTwoNode) -> None:
+    c = cluster
+    h = _holder(c)
+    to = OTHER[h]
+    wait_for(lambda: c.steady(h), 60, "steady")
+    epoch = c.leader()[1]
+    m, w = Monitor(c), _writer(c)
+    w.wait_acks(20)
+    c.set_primary(to)
+    wait_for(lambda: c.leader() == (to, epoch + 1), 60, f"{to} holding the key at epoch {epoch + 1}")
+    wait_for(lambda: c.steady(to), 90, f"{h} the synchronous candidate of {to}")
+    w.wait_acks(20)
+    m.finish()
+    _no_loss(c, w, to)
+
+
+def test_all_etcd_down_the_holder_demotes_and_nobody_promotes(cluster: AutoTwoNode) -> None:
+    c = cluster
+    h = _holder(c)
+    wait_for(lambda: c.steady(h), 60, "steady")
+    m, w = Monitor(c), _writer(c)
+    w.wait_acks(10)
+    for member in ("mx1", "mx2", "wit"):
+        c.stop_etcd(member)
+    try:
+        wait_for(lambda: c.status_json(h)["postgres"]["running"] is False, 30, f"{h} demoted itself")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < QUIET_S:
+            for n in NODES:
+                pg = c.status_json(n)["postgres"]
+                assert not (pg["running"] and pg.get("in_recovery") is False), f"{n} writable without etcd"
+                assert not holds(c, n, VIP)
+            time.sleep(0.5)
+    finally:
+        for member in ("mx1", "mx2", "wit"):
+            c.start_etcd(member)
+    wait_for(lambda: c.steady(h), 120, f"{h} holding the key again (the last holder, no candidate published)")
+    w.wait_acks(10, timeout=60)
+    m.finish()
+    _no_loss(c, w, h)
+
+
+def test_agent_then_postmaster_frozen(cluster: AutoTwoNode) -> None:
+    """SIGSTOP on the holder's agent: its keeper stops renewing (no heartbeat), the lease runs out,
+    the peer takes over; the frozen node cannot acknowledge anything (its synchronous standby now
+    follows the new holder).  With `watchdog: off` nothing removes its addresses until the agent
+    runs again (a watchdog would have reset it first): once SIGCONTed it demotes itself.
+    Then SIGSTOP on the new holder's postmaster: the heartbeat stops (PostgreSQL does not answer),
+    the lease runs out, the takeover goes back."""
+    c = cluster
+    h = _holder(c)
+    new = OTHER[h]
+    wait_for(lambda: c.steady(h), 60, "steady")
+    epoch = c.leader()[1]
+    m, w = Monitor(c), _writer(c)
+    w.wait_acks(20)
+    agent = c.agents[h]
+    os.killpg(agent.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: c.leader() == (new, epoch + 1), 60, f"{new} takes over from the frozen agent")
+        w.wait_acks(20, timeout=60)
+    finally:
+        os.killpg(agent.pid, signal.SIGCONT)
+    wait_for(lambda: not holds(c, h, VIP), 30, f"{h} removed its addresses once running again")
+    r = c.plan(h)
+    if "fenced: [" in r.stdout:
+        c.set_primary(new, fenced=(h,))
+        wait_for(lambda: c.status_json(h)["postgres"].get("in_recovery") is True, 90, f"{h} rewound")
+    c.set_primary(new)
+    wait_for(lambda: c.steady(new), 90, f"{h} the candidate of {new}")
+    epoch = c.leader()[1]
+
+    pm = postmaster(c.pgdata(new))
+    assert pm is not None
+    os.kill(pm.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: c.leader() == (h, epoch + 1), 60, f"{h} takes over from the frozen PostgreSQL")
+        w.wait_acks(20, timeout=60)
+    finally:
+        os.kill(pm.pid, signal.SIGCONT)
+    m.finish()
+    _no_loss(c, w, h)
