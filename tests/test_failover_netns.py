@@ -127,7 +127,7 @@ def _unchanged(c: AutoTwoNode, holder: str, epoch: int, seconds: float = QUIET_S
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
         assert c.leader() == (holder, epoch), f"the leadership moved: {c.leader()}"
-        assert not c.status_json(other)["postgres"].get("in_recovery") is False, f"{other} became writable"
+        assert c.status_json(other)["postgres"].get("in_recovery") is not False, f"{other} became writable"
         time.sleep(0.5)
 
 
