@@ -29,6 +29,23 @@ ETCD = "/usr/bin/etcd"
 TIMINGS = {"lease_ttl_s": 10, "renew_interval_s": 1, "demote_after_s": 5, "demotion_budget_s": 3}
 
 
+# The failover hook of the demo spec: one JSON line of the RECONCILER_* facts per run.
+HOOK = """import json, os, sys
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps({k: v for k, v in os.environ.items() if k.startswith("RECONCILER_")}) + "\\n")
+"""
+
+
+def hook_runs(c: "AutoTwoNode", node: str) -> list[dict[str, str]]:
+    import json
+
+    path = os.path.join(c.root, node, "hooks.log")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 class AutoTwoNode(TwoNode):
     def __init__(self, n_ips: int = 4, ttl: int = 10) -> None:
         super().__init__(n_ips=n_ips)
@@ -41,6 +58,8 @@ class AutoTwoNode(TwoNode):
     # ---- building ---------------------------------------------------------------------------
     def build(self, primary: str = "mx1") -> None:
         super().build(primary)
+        with open(os.path.join(self.root, "bin", "hook.py"), "w") as f:
+            f.write(HOOK)
         a, b = f"{self.prefix}aw"[:15], f"{self.prefix}bw"[:15]
         sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
         sh("ip", "link", "set", a, "netns", self.ns["wit"], "name", "eth0")
@@ -75,7 +94,8 @@ class AutoTwoNode(TwoNode):
         text = super().spec_text(primary, fenced, drift_s)
         text = text.replace("  replication_user: replicator\n", "  replication_user: replicator\n  synchronous: true\n")
         t = self.timings
-        return text + f"# edit {self.edits}\n" + (f"failover:\n  mode: automatic\n  witness: {{name: {WITNESS[0]}, address: {WITNESS[1]}}}\n"
+        hook = f"hooks:\n  failover: [[{self.root}/bin/python, {self.root}/bin/hook.py, {self.root}/{{node}}/hooks.log]]\n"
+        return text + hook + f"# edit {self.edits}\n" + (f"failover:\n  mode: automatic\n  witness: {{name: {WITNESS[0]}, address: {WITNESS[1]}}}\n"
                        f"  etcd: {{request_timeout_s: 1}}\n  watchdog: 'off'\n"
                        + "".join(f"  {k}: {v}\n" for k, v in t.items()))
 
@@ -109,6 +129,12 @@ class AutoTwoNode(TwoNode):
         r = in_ns(self.ns[node], PY, "-m", "reconciler", "status", self.spec_path(node), "--node", node, "--json",
                   "--state-dir", self.state_dir(node), timeout=60)
         return json.loads(r.stdout)
+
+    def status_text(self, node: str) -> str:
+        from demo.cluster import PY
+
+        return in_ns(self.ns[node], PY, "-m", "reconciler", "status", self.spec_path(node), "--node", node,
+                     "--state-dir", self.state_dir(node), timeout=60).stdout
 
     # ---- faults -----------------------------------------------------------------------------
     def cut(self, a: str, b: str) -> None:

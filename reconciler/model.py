@@ -190,6 +190,11 @@ class CoordObs(_Frozen):
     lease: int | None = None  # the keeper's lease now
     since_renewal_s: float | None = None  # since the send time of its last answered keepalive
     watchdog_armed: bool = False
+    # The last acquisition as etcd recorded it (for people: status, metrics, hooks):
+    last_node: str | None = None
+    last_epoch: int | None = None
+    last_at: float | None = None  # Unix time (wall clock of the acquiring node)
+    last_why: str | None = None
 
 
 class NodeObservation(_Frozen):

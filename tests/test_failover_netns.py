@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from demo.auto_cluster import AutoTwoNode
+from demo.auto_cluster import AutoTwoNode, hook_runs
 from demo.cluster import NODES, VIP, wait_for
 from reconciler.pgrun import postmaster
 from tests.conftest import need_etcd, need_postgres
@@ -213,6 +213,14 @@ def test_cut_from_both_demotes_itself_and_the_peer_takes_over(cluster: AutoTwoNo
     m.finish()
     n = _no_loss(c, w, new)
     print(f"takeover: cut -> {new} holds the key in {taken:.1f} s; {n} commits acknowledged, 0 lost")
+    # the failover hook ran on both sides, with the facts
+    took = [h for h in hook_runs(c, new) if h.get("RECONCILER_WHAT") == "acquired"]
+    assert took and took[-1]["RECONCILER_EPOCH"] == str(epoch + 1) and took[-1]["RECONCILER_EVENT"] == "failover"
+    assert "synchronous candidate" in took[-1]["RECONCILER_REASON"]
+    wait_for(lambda: any(h.get("RECONCILER_WHAT") == "self_demotion" for h in hook_runs(c, old)), 30,
+             f"the failover hook on {old} (self-demotion)")
+    status = c.status_text(new)
+    assert f"Last      failover: epoch {epoch + 1} by {new}" in status and "Watchdog  OFF" in status, status
 
 
 def test_the_old_primary_comes_back_without_failing_back(cluster: AutoTwoNode) -> None:

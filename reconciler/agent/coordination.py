@@ -192,7 +192,7 @@ class Coordinator:
             raise CoordError("the lease keeper has no lease")
         cand = (p.candidate, p.candidate_epoch) if p.candidate is not None and p.candidate_epoch is not None else None
         try:
-            won = self.election.acquire(self.node, st.lease, p.after_epoch, cand)
+            won = self.election.acquire(self.node, st.lease, p.after_epoch, cand, a.reason)
         except EtcdError:  # sent, no reply: it may have been applied; etcd says whether it was
             v = self.election.read()
             won = (v.holder, v.holder_epoch, v.holder_lease) == (self.node, p.after_epoch + 1, st.lease)

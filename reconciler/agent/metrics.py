@@ -79,6 +79,36 @@ class Metrics:
         yield from _drbd_metrics(o.own)
         yield from _pg_metrics(o.own, peer)
         yield from _ip_metrics(spec, o.own)
+        yield from _coord_metrics(spec, o.own, peer)
+
+
+def _coord_metrics(spec: LoadedSpec, own: NodeObservation, peer: NodeObservation | None) -> Iterator[Metric]:
+    """Automatic failover: effective and preferred Primary, epoch, holder, renewal age, last takeover."""
+    c = own.coord
+    if spec.model.failover.mode != "automatic" or c is None:
+        return
+    from reconciler.plan.leadership import role
+
+    eff = role(spec.model, own.node, own, spec.digest, peer).primary
+    yield _gauge("reconciler_effective_primary", "The node this node plans for as the Primary (value 1; 'none' "
+                 "while nobody holds the leader key)", ["node"], [([eff], 1.0)])
+    yield _gauge("reconciler_preferred_primary", "The spec's primary: (value 1)", ["node"], [([spec.model.primary], 1.0)])
+    yield _gauge("reconciler_etcd_reachable", "1 when this observation's linearizable etcd read succeeded", [],
+                 [([], c.reachable)])
+    if c.epoch is not None:
+        yield _gauge("reconciler_leader_epoch", "The last epoch etcd handed out", [], [([], c.epoch)])
+    yield _gauge("reconciler_leader_holder", "The node holding the leader key (value 1)", ["node"],
+                 [([c.leader], 1.0)] if c.leader else [])
+    yield _gauge("reconciler_lease_held", "1 when this node holds the leader key", [],
+                 [([], c.held_epoch is not None and c.held_lease is not None)])
+    if c.since_renewal_s is not None:
+        yield _gauge("reconciler_lease_since_renewal_seconds", "Since the send time of the keeper's last answered "
+                     "keepalive", [], [([], c.since_renewal_s)])
+    yield _gauge("reconciler_watchdog_armed", "1 while this agent holds the watchdog armed", [], [([], c.watchdog_armed)])
+    if c.last_epoch is not None and c.last_at is not None and c.last_node is not None:
+        yield _gauge("reconciler_last_acquisition_timestamp_seconds", "When the leader key was last acquired "
+                     "(epoch >= 2: a failover or switchover), by whom", ["node", "epoch"],
+                     [([c.last_node, str(c.last_epoch)], c.last_at)])
 
 
 def _revision_metrics(spec: LoadedSpec, peer: NodeObservation | None, revs: dict[str, str | None]) -> Iterator[Metric]:

@@ -31,7 +31,8 @@ from reconciler.execute import hooks
 from reconciler.execute.dispatch import Result, announce_held, run_action
 from reconciler.model import NodeObservation
 from reconciler.observe.node import observe_node
-from reconciler.plan.actions import Action
+from reconciler.plan.actions import Action, Kind
+from reconciler.plan.leadership import Role, role
 from reconciler.plan.render import title
 from reconciler.spec import LoadedSpec
 from reconciler.spec.load import SpecError
@@ -80,6 +81,8 @@ class Agent:
         self._last_wait: object = None
         self._last_outcome: type[Outcome] | None = None
         self._role: str | None = None  # the role this node last converged in
+        self._self_fencing = False  # the failover hook ran for this self-demotion
+        self._effective = self.spec.model.primary  # the Primary this node last planned for
         self.hook_threads: list[threading.Thread] = []  # running hooks (tests join them)
 
     @property
@@ -239,16 +242,20 @@ class Agent:
             self.coord.restart_keeper_if_dead()
         t0 = time.monotonic()
         o = self.loop.step(self.spec)
+        r = self._leadership(o)
+        self._effective = r.primary
         if isinstance(o, Converged):
             self.revs.applied(self.label)
             self._last_wait = None  # a wait after this one is news again
-            self._converged_as("primary" if self._primary(o) == self.node else "secondary")
+            self._converged_as("primary" if self._effective == self.node else "secondary")
         self.metrics.record(self.spec, o, self.peer_obs, time.monotonic() - t0,
                             {"applied": self.revs.rev.applied, "attempted": self.revs.rev.attempted,
                              "current": self.current.revision})
         self.notify.status(self.status_line(o))
         if isinstance(o, Acted | Retrying):
             logs.action_line(self.node, o)
+        if isinstance(o, Acted) and self.coord is not None:
+            self._failover_hook(o, r)
         elif isinstance(o, Waiting | OperatorNeeded) and (o.action, o.plan.notes) != self._last_wait:
             logs.waiting_line(self.node, o, self._delay(o) if isinstance(o, OperatorNeeded) else None)
             self._last_wait = (o.action, o.plan.notes)
@@ -256,12 +263,20 @@ class Agent:
                 self._hook("operator_needed", action=title(o.action), reason=o.reason)
         return o
 
-    def _primary(self, o: Outcome) -> str:
-        """The Primary this node plans for: the spec's in manual mode, the leader key's holder as
-        etcd and this node's claim say in automatic mode ("none" while nobody holds it)."""
-        from reconciler.plan.leadership import role
+    def _leadership(self, o: Outcome) -> Role:
+        """Whom this node plans for as the Primary: the spec's in manual mode, the leader key's
+        holder as etcd and this node's claim say in automatic mode ("none" while nobody holds it)."""
+        return role(self.spec.model, self.node, o.own, self.spec.digest, self.peer_obs)
 
-        return role(self.spec.model, self.node, o.own, self.spec.digest, self.peer_obs).primary
+    def _failover_hook(self, o: Acted, r: Role) -> None:
+        """The failover hook: this node acquired the key at epoch >= 2, or started demoting itself
+        because it lost it (once per self-demotion)."""
+        c = self.coord.claim if self.coord is not None else None
+        if o.action.kind is Kind.COORD_ACQUIRE and c is not None and (c.held_epoch or 0) >= 2:
+            self._hook("failover", what="acquired", epoch=str(c.held_epoch), reason=o.action.reason)
+        if r.self_fence and not self._self_fencing:
+            self._hook("failover", what="self_demotion", reason=r.why)
+        self._self_fencing = r.self_fence
 
     def _converged_as(self, role: str) -> None:
         """The role_change hook: this node converged in another role than the last time (not on
@@ -274,8 +289,11 @@ class Agent:
         h = self.spec.model.hooks
         argvs = getattr(h, event)
         if argvs:
-            t = hooks.fire(event, argvs, {"node": self.node, "cluster": self.spec.model.cluster,
-                                          "primary": self.spec.model.primary, "revision": self.label, **facts},
+            s = self.spec.model
+            primary = {"primary": s.primary} if self.coord is None else {"primary": self._effective,
+                                                                         "preferred_primary": s.primary}
+            t = hooks.fire(event, argvs, {"node": self.node, "cluster": s.cluster, **primary,
+                                          "revision": self.label, **facts},
                            h.timeout_s, self.node)
             self.hook_threads = [x for x in self.hook_threads if x.is_alive()] + ([t] if t else [])
 

@@ -15,6 +15,7 @@ from reconciler.agent.source import SourceError, SpecSource, stamp
 from reconciler.agent.state import DEFAULT_STATE_DIR, Revisions, read_state, revision_label, short, state_path
 from reconciler.cli import sources
 from reconciler.cli.common import EXIT_OK
+from reconciler.cli.leadership_status import leadership_lines
 from reconciler.cli.plan_cmd import with_coord
 from reconciler.model import NodeObservation, PostgresObs, lsn_to_int
 from reconciler.observe.node import observe_node
@@ -116,7 +117,9 @@ def _pg_line(pg: PostgresObs | None, peer_pg: PostgresObs | None) -> str:
 
 def status_text(spec: LoadedSpec, own: NodeObservation, peer: NodeObservation | None) -> str:
     s = spec.model
-    out = [f"{own.node}: cluster {s.cluster}, spec primary {s.primary}, spec {spec.digest[:12]}"]
+    prim = (f"preferred primary {s.primary} (failover automatic)" if s.failover.mode == "automatic"
+            else f"spec primary {s.primary}")
+    out = [f"{own.node}: cluster {s.cluster}, {prim}, spec {spec.digest[:12]}"]
     if s.drbd:
         out.append("DRBD  resource  connection     roles               disks                  mount")
     for r in s.drbd:
@@ -141,5 +144,6 @@ def status_text(spec: LoadedSpec, own: NodeObservation, peer: NodeObservation | 
     p = s.peer_of(own.node)
     if p:
         out.append(f"Peer {p}: " + ("reachable" if peer else "unreachable"))
+    out += leadership_lines(spec, own, peer)
     out += [f"! {e}" for e in own.errors]
     return "\n".join(out) + "\n"

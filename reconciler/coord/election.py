@@ -15,6 +15,7 @@ reports what etcd holds.  Every read is linearizable; an EtcdError means "unknow
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 from reconciler.coord.etcd import (
@@ -40,6 +41,17 @@ class Leadership:
     candidate: str | None
     candidate_epoch: int | None
     revision: int  # etcd's revision of this read
+    last: dict[str, object] | None = None  # the last acquisition: node, epoch, at (Unix time), why
+
+
+def _last(kv: KeyValue | None) -> dict[str, object] | None:
+    if kv is None:
+        return None
+    try:
+        d = json.loads(kv.value)
+    except ValueError:
+        return None
+    return {k: d[k] for k in ("node", "epoch", "at", "why") if k in d} if isinstance(d, dict) else None
 
 
 def _doc(kv: KeyValue | None) -> tuple[str | None, int | None]:
@@ -67,27 +79,30 @@ class Election:
 
     def read(self) -> Leadership:
         r = self.client.txn([], [op_range(self.key("epoch")), op_range(self.key("leader")),
-                                 op_range(self.key("candidate"))])
-        epoch_kv, leader_kv, cand_kv = (kvs[0] if kvs else None for kvs in r.ranges)
+                                 op_range(self.key("candidate")), op_range(self.key("acquired"))])
+        epoch_kv, leader_kv, cand_kv, last_kv = (kvs[0] if kvs else None for kvs in r.ranges)
         holder, holder_epoch = _doc(leader_kv)
         cand, cand_epoch = _doc(cand_kv)
         return Leadership(epoch=int(epoch_kv.value) if epoch_kv is not None else 0, holder=holder,
                           holder_epoch=holder_epoch, holder_lease=leader_kv.lease if leader_kv else None,
-                          candidate=cand, candidate_epoch=cand_epoch, revision=r.revision)
+                          candidate=cand, candidate_epoch=cand_epoch, revision=r.revision, last=_last(last_kv))
 
-    def acquire(self, node: str, lease: int, after_epoch: int, candidate: tuple[str, int] | None = None) -> bool:
+    def acquire(self, node: str, lease: int, after_epoch: int, candidate: tuple[str, int] | None = None,
+                why: str = "") -> bool:
         """Become the holder at epoch `after_epoch + 1`, only if nobody holds `leader`, the last
         epoch is still `after_epoch` and the candidate key is still `candidate` (None: absent):
         exactly what the caller decided on.  The candidate key is cleared: it belonged to the
-        previous epoch."""
+        previous epoch.  `acquired` records who, when (wall clock, for people) and why."""
         epoch_key, leader_key, cand_key = self.key("epoch"), self.key("leader"), self.key("candidate")
         new = after_epoch + 1
         compare = [cmp_create_revision(leader_key, 0)]
         compare.append(cmp_create_revision(epoch_key, 0) if after_epoch == 0 else cmp_value(epoch_key, str(after_epoch)))
         compare.append(cmp_create_revision(cand_key, 0) if candidate is None
                        else cmp_value(cand_key, candidate_doc(*candidate)))
+        note = json.dumps({"node": node, "epoch": new, "at": round(time.time(), 3), "why": why[:500]})
         r = self.client.txn(compare, [op_put(leader_key, json.dumps({"node": node, "epoch": new}), lease),
-                                      op_put(epoch_key, str(new)), op_delete(self.key("candidate"))])
+                                      op_put(epoch_key, str(new)), op_delete(self.key("candidate")),
+                                      op_put(self.key("acquired"), note)])
         return r.succeeded
 
     def release(self, lease: int) -> bool:

@@ -32,6 +32,21 @@ def observe(nodes: list[str], election: Election, claim: Claim, keeper: LeaseSta
     for who, what in ((v.holder, "leader"), (v.candidate, "candidate")):
         if who is not None and who not in nodes:
             return base.model_copy(update={"error": f"etcd: the {what} key names no node of the spec"})
+    last = v.last or {}
     return base.model_copy(update={
         "reachable": True, "epoch": v.epoch, "leader": v.holder, "leader_epoch": v.holder_epoch,
-        "leader_lease": v.holder_lease, "candidate": v.candidate, "candidate_epoch": v.candidate_epoch})
+        "leader_lease": v.holder_lease, "candidate": v.candidate, "candidate_epoch": v.candidate_epoch,
+        "last_node": _str(last.get("node")), "last_epoch": _int(last.get("epoch")), "last_at": _float(last.get("at")),
+        "last_why": _str(last.get("why"))})
+
+
+def _str(v: object) -> str | None:
+    return v[:500] if isinstance(v, str) else None
+
+
+def _int(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _float(v: object) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None

@@ -276,6 +276,9 @@ class Hooks(_Strict):
     operator_needed: list[HookArgv] = Field(
         default_factory=list, description="once when the agent starts waiting on the operator "
         "(split brain, re-clone, fencing, a refused action)")
+    failover: list[HookArgv] = Field(
+        default_factory=list, description="automatic failover: after this node took the leader key over at a "
+        "new epoch (a takeover or a planned switchover), and after it demoted itself because it lost the key")
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
 
