@@ -3,6 +3,7 @@ time, epochs that only grow, a candidate written only under the holder's lease."
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -125,3 +126,57 @@ def test_the_leadership_part_of_the_observation(cluster: EtcdCluster) -> None:
     cluster.run("mx1", e.client.put, f"{prefix}/candidate", json.dumps({"node": "mx9", "epoch": 1}))
     odd = cluster.run("mx2", observe, nodes, e, Claim(), None, 0.0)
     assert not odd.reachable and "names no node of the spec" in (odd.error or "")
+
+
+def test_drbd_fence_peer_handler_succeeds_only_for_the_holder(cluster: EtcdCluster, tmp_path) -> None:
+    """`reconciler fence-peer` (agent/coordination.fence_peer) against real etcd: exit 4 only when
+    this node holds the leader key and has withdrawn the candidate under its lease; 1 otherwise
+    (another holder, no claim, a stale claim, etcd cut off), so DRBD keeps IO frozen."""
+    import dataclasses
+    import json
+
+    from reconciler.agent.coordination import FENCE_OK, FENCE_REFUSED, coord_dir, fence_peer
+    from reconciler.coord.claim import Claim, acquired
+    from tests.sim.specs import make_spec
+
+    base = make_spec("mx1", automatic=True)
+    f = base.model.failover
+    etcd = f.etcd.model_copy(update={"endpoints": cluster.endpoints, "prefix": f"/fence/{time.monotonic_ns()}",
+                                     "request_timeout_s": 1.0})
+    spec = dataclasses.replace(base, model=base.model.model_copy(update={"failover": f.model_copy(update={"etcd": etcd})}))
+    e = _election(cluster, spec.model.etcd_prefix())
+
+    def claim(node: str, c: Claim) -> None:
+        d = coord_dir(str(tmp_path), node)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "claim.json"), "w") as fh:
+            json.dump(dataclasses.asdict(c), fh)
+
+    def fence(node: str) -> tuple[int, str]:
+        return cluster.run(node, fence_peer, spec, node, str(tmp_path))
+
+    assert fence("mx1")[0] == FENCE_REFUSED  # no claim at all
+    lease, _ = cluster.run("mx1", e.client.grant, 30)
+    assert cluster.run("mx1", e.acquire, "mx1", lease, 0)
+    assert cluster.run("mx1", e.publish_candidate, lease, "mx2", 1)
+    claim("mx1", acquired(Claim(), 1, lease, "r1"))
+    claim("mx2", Claim(remembered_epoch=1))
+    code, line = fence("mx2")
+    assert code == FENCE_REFUSED and "does not hold" in line
+    claim("mx1", acquired(Claim(), 1, lease + 1, "r1"))  # a claim under another lease: not the holder
+    assert fence("mx1")[0] == FENCE_REFUSED
+    assert cluster.run("wit", e.read).candidate == "mx2"
+    claim("mx1", acquired(Claim(), 1, lease, "r1"))
+    cluster.cut("mx1", "mx2")
+    cluster.cut("mx1", "wit")
+    try:
+        code, line = fence("mx1")  # the holder cut off: it cannot withdraw, so IO stays frozen
+    finally:
+        cluster.heal("mx1", "mx2")
+        cluster.heal("mx1", "wit")
+    assert code == FENCE_REFUSED and "etcd" in line, line
+    assert cluster.run("wit", e.read).candidate == "mx2"
+    cluster.wait_healthy()
+    code, line = fence("mx1")
+    assert code == FENCE_OK, line
+    assert cluster.run("wit", e.read).candidate is None  # the peer can no longer take over

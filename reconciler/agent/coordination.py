@@ -268,3 +268,39 @@ def read_only(spec: LoadedSpec, node: str, state_dir: str) -> CoordObs:
         return CoordObs(error=str(e))
     return observe(list(spec.model.nodes), Election(client_for(spec.model), spec.model.etcd_prefix()), claim,
                    read_state(os.path.join(d, "lease.json")), boottime(), os.path.exists(os.path.join(d, ARMED)))
+
+
+# DRBD 8.4 fence-peer exit codes (drbd.conf(5), handlers): 4 = the peer is outdated (IO resumes,
+# a promotion proceeds); anything not 3-7 = the helper failed (under `fencing resource-and-stonith`
+# IO stays frozen, a promotion is refused).
+FENCE_OK, FENCE_REFUSED = 4, 1
+
+
+def fence_peer(spec: LoadedSpec, node: str, state_dir: str) -> tuple[int, str]:
+    """DRBD's fence-peer handler, backed by etcd: called by the kernel (IO frozen) when this node,
+    Primary or promoting, loses its DRBD peer.  It succeeds only if this node holds the leader key
+    (etcd shows the key at its claimed epoch under its claimed lease) and withdrew the failover
+    candidate under that lease in one transaction: from then on the peer cannot take over, so
+    writing on alone cannot lose anything a takeover would need.  Otherwise (the peer acquired
+    the key first, or etcd cannot be reached) it fails and IO stays frozen: this node is demoting
+    itself, or its watchdog resets it."""
+    if spec.model.failover.mode != "automatic":
+        return FENCE_REFUSED, "fence-peer: failover.mode is not automatic: nothing decides who may write"
+    try:
+        claim = read_claim(os.path.join(coord_dir(state_dir, node), "claim.json"))
+    except CoordError as e:
+        return FENCE_REFUSED, f"fence-peer: {e}"
+    if claim.held_lease is None or claim.held_epoch is None:
+        return FENCE_REFUSED, f"fence-peer: {node} does not hold the leader key: IO stays frozen"
+    election = Election(client_for(spec.model), spec.model.etcd_prefix())
+    try:
+        v = election.read()
+        if (v.holder, v.holder_epoch, v.holder_lease) != (node, claim.held_epoch, claim.held_lease):
+            return FENCE_REFUSED, (f"fence-peer: etcd shows {v.holder or 'nobody'} holding the leader key (epoch "
+                                   f"{v.holder_epoch}), not {node} at epoch {claim.held_epoch}: IO stays frozen")
+        if not election.withdraw_candidate(claim.held_lease):
+            return FENCE_REFUSED, f"fence-peer: the leader key is no longer carried by {node}'s lease: IO stays frozen"
+    except EtcdError as e:
+        return FENCE_REFUSED, f"fence-peer: etcd: {str(e).splitlines()[0][:300]}: IO stays frozen"
+    return FENCE_OK, (f"fence-peer: {node} holds the leader key (epoch {claim.held_epoch}) and withdrew the "
+                      "failover candidate: the peer cannot take over; IO goes on")

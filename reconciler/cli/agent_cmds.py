@@ -97,3 +97,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     with sources.spec_errors(source):
         agent = Agent(source, args.node or default_node(), state_dir=state_dir)
     return agent.run()
+
+
+def cmd_fence_peer(args: argparse.Namespace) -> int:
+    """Exit 4 (DRBD: the peer is outdated) only when this node holds the leader key and withdrew the
+    candidate under its lease; 1 otherwise (IO stays frozen).  One line on stderr either way."""
+    from reconciler.agent.coordination import FENCE_REFUSED, fence_peer
+
+    source = sources.from_args(args)
+    try:
+        spec = sources.load(source)
+        code, line = fence_peer(spec, sources.node_of(spec, args.node, source), args.state_dir or DEFAULT_STATE_DIR)
+    except UserError as e:
+        code, line = FENCE_REFUSED, f"fence-peer: {e}"
+    print(line, file=sys.stderr)
+    return code

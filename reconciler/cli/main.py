@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="the observation snapshot")
     _git_args(st, state=True)
 
+    fp = sub.add_parser("fence-peer", help="DRBD's fence-peer handler in automatic failover (drbd.conf: "
+                        "handlers { fence-peer \"reconciler fence-peer FILE\"; })")
+    fp.add_argument("file", nargs="?", default="/etc/reconciler/cluster.yaml")
+    fp.add_argument("--node", default=None)
+    _git_args(fp, state=True)
+
     # The operator's verbs, import and completion (reconciler.cli.ops_cmds, .completion).
     for name, text in (("promote", "make NODE the primary: edit `primary:` in FILE in place"),
                        ("demote", "no primary: set `primary: none` in FILE (everything Secondary)"),
@@ -131,6 +137,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from reconciler.cli import agent_cmds
 
         return {"apply": agent_cmds.cmd_apply, "run": agent_cmds.cmd_run}[args.cmd](args)
+    if args.cmd == "fence-peer":
+        from reconciler.cli.agent_cmds import cmd_fence_peer
+
+        return cmd_fence_peer(args)
     if args.cmd == "status":
         from reconciler.cli.status_cmd import cmd_status
 
