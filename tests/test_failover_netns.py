@@ -136,6 +136,10 @@ def test_cut_from_the_witness_only_changes_nothing(cluster: AutoTwoNode) -> None
     h = _holder(c)
     wait_for(lambda: c.steady(h), 60, "steady")
     epoch = c.leader()[1]
+    out = c.plan(h).stdout  # the holder's plan says what it would do if it lost its lease
+    lost = out[out.index("If this node lost its lease"):]
+    assert "stop service app" in lost and "fast shutdown" in lost and "addresses" in lost, out
+    assert "If this node lost" not in c.plan(OTHER[h]).stdout
     m, w = Monitor(c), _writer(c)
     w.wait_acks(20)
     c.cut(h, "wit")

@@ -69,11 +69,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if spec.revision:
             sys.stdout.write(f"Spec: {source.describe()} = commit {spec.revision[:12]}\n")
         sys.stdout.write(render.human(p, s.cluster, s.primary, verbose=args.verbose))
+        sys.stdout.write(if_lease_lost(spec, node, own, peer))
     if args.out:
         write_saved(args.out, p, source, spec, own, peer)
         print(f"\nSaved the plan to {args.out}: `reconciler apply {args.out}` runs exactly these actions, "
               "and refuses if the spec or the observed state changes first.", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if p.empty else EXIT_CHANGES
+
+
+def if_lease_lost(spec: LoadedSpec, node: str, own: NodeObservation, peer: NodeObservation | None) -> str:
+    """Automatic failover, on the holder: the plan it would follow if its lease stopped being renewed
+    (the same planner, with no renewal for demote_after_s): its self-demotion, in order."""
+    c = own.coord
+    if spec.model.failover.mode != "automatic" or c is None or c.held_lease is None or c.held_epoch is None:
+        return ""
+    lost = own.model_copy(update={"coord": c.model_copy(update={"since_renewal_s": spec.model.failover.demote_after_s})})
+    p = plan(spec, node, lost, peer)
+    steps = [f"  {a.symbol} {render.title(a)}" for a in p.actions] or ["  (nothing: it serves nothing now)"]
+    return ("\nIf this node lost its lease (no renewal for demote_after_s = "
+            f"{spec.model.failover.demote_after_s:g} s), it would demote itself, waiting for nobody:\n"
+            + "\n".join(steps) + "\n")
 
 
 def with_coord(spec: LoadedSpec, node: str, own: NodeObservation, state_dir: str | None) -> NodeObservation:
