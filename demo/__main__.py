@@ -102,7 +102,8 @@ def run_demo() -> int:
         acks = writer_acks(out)
         times = [t for _, t in acks]
         gap = max(b - a for a, b in zip(times, times[1:]) if b > t_edit - 1)
-        lost = [i for i, _ in acks if i not in rows_on(c, "mx2")]
+        on_mx2 = rows_on(c, "mx2")
+        lost = [i for i, _ in acks if i not in on_mx2]
         say("7. Result")
         print(f"Write outage seen by the client: {gap:.3f}s (longest gap between acknowledged commits).")
         print(f"Both nodes converged {t_conv:.2f}s after the edit.")

@@ -36,7 +36,7 @@ with open(sys.argv[1], "a") as f:
 """
 
 
-def hook_runs(c: "AutoTwoNode", node: str) -> list[dict[str, str]]:
+def hook_runs(c: AutoTwoNode, node: str) -> list[dict[str, str]]:
     import json
 
     path = os.path.join(c.root, node, "hooks.log")

@@ -121,6 +121,22 @@ def _holder(c: AutoTwoNode) -> str:
     return h
 
 
+def _rejoin(c: AutoTwoNode, old: str, holder: str) -> None:
+    """The old Primary back: it streams from the holder by itself, or (diverged: at least its
+    shutdown checkpoint never reached the peer) its plan asks for `fenced:`, which the operator
+    then gives, naming the new Primary; fenced: is removed again once it is a standby."""
+    def asks_or_streams() -> str | None:
+        if "fenced: [" in c.plan(old).stdout:
+            return "asks"
+        pg = c.status_json(old)["postgres"]
+        return "streams" if (pg.get("wal_receiver") or {}).get("status") == "streaming" else None
+    if wait_for(asks_or_streams, 90, f"{old} asking for fenced: or streaming", every=0.5) == "asks":
+        c.set_primary(holder, fenced=(old,))
+        wait_for(lambda: c.status_json(old)["postgres"].get("in_recovery") is True, 90, f"{old} rewound, a standby")
+    c.set_primary(holder)
+    wait_for(lambda: c.steady(holder), 90, f"{old} the synchronous candidate of {holder}")
+
+
 def _unchanged(c: AutoTwoNode, holder: str, epoch: int, seconds: float = QUIET_S) -> None:
     """For `seconds`: the same holder at the same epoch, the other node never writable."""
     other = OTHER[holder]
@@ -239,12 +255,7 @@ def test_the_old_primary_comes_back_without_failing_back(cluster: AutoTwoNode) -
     time.sleep(QUIET_S / 2)
     assert c.leader() == (h, epoch)
     assert c.status_json(old)["postgres"].get("in_recovery") is not False
-    r = c.plan(old)
-    if "fenced: [" in r.stdout:  # diverged: the operator consents (and names the new Primary)
-        c.set_primary(h, fenced=(old,))
-        wait_for(lambda: c.status_json(old)["postgres"].get("in_recovery") is True, 90, f"{old} rewound, a standby")
-        c.set_primary(h)
-    wait_for(lambda: c.steady(h), 90, f"{old} the synchronous candidate of {h}")
+    _rejoin(c, old, h)
     assert c.leader() == (h, epoch), "the holder changed"
     w.wait_acks(20)
     m.finish()
@@ -315,12 +326,7 @@ def test_agent_then_postmaster_frozen(cluster: AutoTwoNode) -> None:
     finally:
         os.killpg(agent.pid, signal.SIGCONT)
     wait_for(lambda: not holds(c, h, VIP), 30, f"{h} removed its addresses once running again")
-    r = c.plan(h)
-    if "fenced: [" in r.stdout:
-        c.set_primary(new, fenced=(h,))
-        wait_for(lambda: c.status_json(h)["postgres"].get("in_recovery") is True, 90, f"{h} rewound")
-    c.set_primary(new)
-    wait_for(lambda: c.steady(new), 90, f"{h} the candidate of {new}")
+    _rejoin(c, h, new)
     epoch = c.leader()[1]
 
     pm = postmaster(c.pgdata(new))

@@ -88,6 +88,7 @@ class Coordinator:
         self._fed_for: float | None = None
         self._wd_lock = threading.Lock()
         self._stop = threading.Event()
+        self.self_fencing = False  # the last observation found this node demoting itself
 
     # ---- lifecycle ------------------------------------------------------------------------
     def update(self, spec: LoadedSpec) -> None:
@@ -141,8 +142,15 @@ class Coordinator:
         return read_state(self.lease_path)
 
     def observe(self) -> CoordObs:
+        """One observation.  While this node demotes itself (it holds the key but its keeper has not
+        renewed the lease for demote_after_s) etcd is not read: the plan is the same either way, and
+        an unreachable etcd would cost a request timeout per step of a demotion that has a budget."""
         nodes = list(self.spec.model.nodes)
-        o = observe(nodes, self.election, self.claim, self.lease_state(), boottime(), self.watchdog is not None)
+        st, now = self.lease_state(), boottime()
+        self.self_fencing = self._stale(st, now)
+        if self.self_fencing:
+            return observe(nodes, None, self.claim, st, now, self.watchdog is not None)
+        o = observe(nodes, self.election, self.claim, st, now, self.watchdog is not None)
         if o.reachable and o.epoch is not None:
             after = claims.observed(self.claim, o.epoch, o.leader_epoch)
             if after != self.claim:
@@ -150,6 +158,12 @@ class Coordinator:
                 o = o.model_copy(update={"remembered_epoch": after.remembered_epoch, "held_epoch": after.held_epoch,
                                          "held_lease": after.held_lease, "held_revision": after.held_revision})
         return o
+
+    def _stale(self, st: LeaseState | None, now: float) -> bool:
+        held = self.claim.held_lease
+        if held is None or st is None or st.lease != held or st.last_ok_sent is None:
+            return False
+        return now - st.last_ok_sent >= self.spec.model.failover.demote_after_s
 
     def _save(self, new: Claim) -> None:
         safefile.write_file(self.claim_path, (json.dumps(asdict(new), sort_keys=True) + "\n").encode())

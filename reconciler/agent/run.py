@@ -119,6 +119,9 @@ class Agent:
         return obs
 
     def _fetch_peer(self) -> NodeObservation | None:
+        if self.coord is not None and self.coord.self_fencing:
+            self.peer_obs = None  # a self-demotion waits for nobody, and has a budget: no peer timeout per step
+            return None
         self.peer_obs = self.peer.fetch()
         return self.peer_obs
 

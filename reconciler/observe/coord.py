@@ -16,8 +16,9 @@ from reconciler.coord.lease import LeaseState
 from reconciler.model import CoordObs
 
 
-def observe(nodes: list[str], election: Election, claim: Claim, keeper: LeaseState | None, now: float,
+def observe(nodes: list[str], election: Election | None, claim: Claim, keeper: LeaseState | None, now: float,
             watchdog_armed: bool = False) -> CoordObs:
+    """`election` None: etcd is not read (reported as not reachable, with the reason)."""
     since = None
     if keeper is not None and keeper.lease is not None and keeper.last_ok_sent is not None:
         since = max(0.0, now - keeper.last_ok_sent)
@@ -25,6 +26,9 @@ def observe(nodes: list[str], election: Election, claim: Claim, keeper: LeaseSta
                     held_lease=claim.held_lease, held_revision=claim.held_revision,
                     lease=keeper.lease if keeper is not None else None, since_renewal_s=since,
                     watchdog_armed=watchdog_armed)
+    if election is None:
+        return base.model_copy(update={"error": "not read: this node is demoting itself (no renewal of its lease "
+                                                "for demote_after_s); etcd is read again once the lease is renewed or gone"})
     try:
         v = election.read()
     except (EtcdError, ValueError) as e:
