@@ -232,3 +232,22 @@ def test_found_by_the_long_profile_same_timeline_number_after_fencing() -> None:
     assert any("fenced" in w for w in waits), waits
     m.teardown()  # converges: the operator re-clones mx1 when its plan says so
     assert any("needs re-clone" in line or "pg_clone" in line for line in m.c.log)
+
+
+def test_found_by_the_long_profile_drbd_reconnection_is_not_in_sync_at_once() -> None:
+    """Found by HYPOTHESIS_PROFILE=long (47,000 examples): mx2, Primary and cut off, wrote to DRBD,
+    then demoted; once the link was back the simulator showed mx1 Connected and UpToDate before
+    its resync, and mx1 was promoted without mx2's write.  Real DRBD 8.4 never shows that: the
+    node behind is SyncTarget/Inconsistent until the resync ends.  The simulator now shows it so."""
+    m = Cluster()
+    m.start(fresh=False, base=False, drbd=True, pg=True, vips=False)
+    for step in (lambda: m.agent(node="mx1"), lambda: m.edit_spec(ips=set(), primary="mx2", reach="both"),
+                 lambda: m.agent_runs(node="mx2", steps=6), lambda: m.edit_spec(ips=set(), primary="mx1", reach="both"),
+                 lambda: m.link(up=False), lambda: m.write(), lambda: m.agent_runs(node="mx2", steps=4)):
+        step()
+        m.safe()
+    w = m.c.world
+    w.link_up = w.channel_up = True
+    d = m.c.observe("mx1").drbd["r0"]
+    assert (d.connection, d.disk) == ("SyncTarget", "Inconsistent"), d
+    m.teardown()

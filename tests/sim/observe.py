@@ -93,14 +93,25 @@ def _drbd(world: World, node: Node, res: str) -> DrbdObs:
     peer = world.peer(node.name)
     pd = peer.drbd.get(res)
     conn = connection_state(world, node, res)
-    connected = conn == "Connected"
+    disk, peer_disk = d.disk, pd.disk if pd else "DUnknown"
+    if conn == "Connected" and pd is not None and d.data != pd.data:
+        # Reconnected, data not yet resynchronised (the next `replicate` does it at once): real DRBD
+        # never shows Connected/UpToDate here: the node behind is SyncTarget and Inconsistent, and
+        # diverged data is still in the handshake that ends StandAlone (split brain).
+        if is_prefix(d.data, pd.data) and d.role != "Primary":
+            conn, disk = "SyncTarget", "Inconsistent"
+        elif is_prefix(pd.data, d.data) and pd.role != "Primary":
+            conn, peer_disk = "SyncSource", "Inconsistent"
+        else:
+            conn = "WFReportParams"
+    connected = conn in ("Connected", "SyncSource", "SyncTarget")
     return DrbdObs(
         configured=True,
         role=d.role,
         peer_role=pd.role if connected and pd else "Unknown",
         connection=conn,
-        disk=d.disk,
-        peer_disk=pd.disk if connected and pd else "DUnknown",
+        disk=disk,
+        peer_disk=peer_disk if connected and pd else "DUnknown",
         open=any(dev for dev in node.mounts.values()),
         split_brain=d.split_brain,
     )
