@@ -327,3 +327,19 @@ def assert_automatic_converges(m: AutoCluster) -> None:
 
 
 TestAutoCluster = AutoCluster.TestCase
+
+
+def test_found_by_the_long_profile_a_leader_isolated_by_a_power_off_answers_no_keepalive_later() -> None:
+    """Found by the long profile (unseeded, ~9,500 examples): the witness down, mx2 powered off by
+    the operator (fenced), then mx1 paused 12 s: mx1's etcd member, the raft leader, had lost its
+    majority at the power-off, but the simulator noticed only at the next tick, after the pause,
+    and its keeper got a stale keepalive answer 12 s late; the lease then expired on the server
+    before the deadline mx1 derived from that answer.  The simulator now notices at once."""
+    m = AutoCluster()
+    m.start(drbd=False, base=False, settled=True)
+    for step in (lambda: m.etcd_member(member="wit", up=False), lambda: m.world_runs(agents="both", seconds=3),
+                 lambda: m.operator_fences(node="mx2"), lambda: m.node_paused(dt=12.0, node="mx1"),
+                 lambda: m.keeper(node="mx1"), lambda: m.power(node="mx2", on=True)):
+        step()
+        m.safe()
+    assert_automatic_converges(m)
