@@ -1,8 +1,8 @@
 """Run every benchmark and print one table:  .venv/bin/python -m bench  (or bench/run).
 
-    --only ip,noop,switchover,edit,footprint   a subset (comma-separated)
+    --only ip,noop,switchover,edit,footprint,takeover   a subset (comma-separated)
     --quick                                     fewer repeats (a smoke run, not for RESULTS.md)
-    --no-write                                  do not rewrite bench/RESULTS.md
+    --no-write                                  do not rewrite bench/RESULTS.md (RESULTS-<subset>.md with --only)
 
 Needs root (network namespaces), iproute2 and PostgreSQL 15 for the switchover.  Every
 benchmark cleans up the namespaces and processes it starts, even when it fails; a failing
@@ -26,6 +26,7 @@ BENCHES = {  # key -> module
     "switchover": "bench.switchover",
     "edit": "bench.edit_latency",
     "footprint": "bench.footprint",
+    "takeover": "bench.takeover",
 }
 
 
@@ -61,7 +62,8 @@ def main() -> int:
     text = render(info, report, cmd)
     print(text)
     if not args.no_write and not args.quick:
-        with open(os.path.join(ROOT, "bench", "RESULTS.md"), "w") as f:
+        name = "RESULTS.md" if keys == list(BENCHES) else f"RESULTS-{'-'.join(keys)}.md"  # a subset: its own file
+        with open(os.path.join(ROOT, "bench", name), "w") as f:
             f.write(text)
     return 0
 

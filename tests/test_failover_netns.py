@@ -188,6 +188,26 @@ def test_witness_down_changes_nothing(cluster: AutoTwoNode) -> None:
     _no_loss(c, w, h)
 
 
+def test_restarting_the_holders_agent_keeps_the_key(cluster: AutoTwoNode) -> None:
+    """SIGTERM and start again (a package upgrade): the new keeper adopts the lease the claim names,
+    so the holder keeps the key at the same epoch; nothing is demoted, nothing moves."""
+    c = cluster
+    h = _holder(c)
+    wait_for(lambda: c.steady(h), 60, "steady")
+    epoch = c.leader()[1]
+    m, w = Monitor(c), _writer(c)
+    w.wait_acks(20)
+    c.stop_agent(h)
+    c.start_agent(h)
+    _unchanged(c, h, epoch, seconds=QUIET_S)
+    assert c.steady(h)
+    w.wait_acks(20)
+    m.finish()
+    _no_loss(c, w, h)
+    log = c.agent_log(h)
+    assert "stop service app" not in log.split("agent started")[-1], "the restarted holder demoted something"
+
+
 def test_cut_from_the_peer_only_promotes_nothing(cluster: AutoTwoNode) -> None:
     """Replication and the peer channel cut, etcd reachable from both: the holder keeps its key;
     commits stop waiting for the standby only after it was withdrawn as the candidate."""

@@ -216,3 +216,56 @@ def test_promote_refuses_paused_replay_and_retarget_moves_the_walreceiver(pg_lab
     with pytest.raises(PostgresError, match="promote it instead"):
         pgx.stop(c.cfg)
         pgx.start_primary(c.cfg)
+
+
+def test_synchronous_replication_set_observed_kept_on_restart_reset_on_a_standby(pg_lab: PgLab) -> None:
+    """Automatic failover's PostgreSQL part on real PostgreSQL 15: `set_sync` makes commits wait for
+    the named standby (the owned file, then a reload); the observation shows the live value, the
+    standby streaming and `sync`; a primary restarted in place keeps waiting (relaxing is a planned
+    step); a standby's owned file never names anyone; pg_basebackup's stream is not the standby."""
+    a = pg_lab.init_primary("a")
+    b = pg_lab.add_standby("b", a)
+    o = a.observe()
+    assert (o.sync_names, o.streaming_standbys, o.sync_standbys) == ((), ("b",), ())
+    pgx.set_sync(a.cfg, ("b",))
+    o = wait_for(lambda: (x := a.observe()).sync_standbys == ("b",) and x, 20, "b synchronous")
+    assert o.sync_names == ("b",) and o.streaming_standbys == ("b",)
+    a.sql("CREATE TABLE s (v int)")
+    pgx.stop(b.cfg)  # the synchronous standby gone: a commit waits (never acknowledged)
+    done = threading.Event()
+
+    def commit() -> None:
+        with a.connect() as conn:
+            conn.execute("INSERT INTO s VALUES (1)")
+        done.set()
+
+    threading.Thread(target=commit, daemon=True).start()
+    waiting = wait_for(lambda: a.sql("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"), 10,
+                       "a commit waiting for the synchronous standby")
+    assert not done.wait(1.0), "a commit was acknowledged without its synchronous standby"
+    a.sql("SELECT pg_cancel_backend(%s)", (waiting[0][0],))
+    assert done.wait(10)
+    pgx.stop(a.cfg)
+    pgx.start_primary(a.cfg)  # restarted in place: still synchronous
+    assert a.observe().sync_names == ("b",)
+    pgx.set_sync(a.cfg, ())
+    wait_for(lambda: a.observe().sync_names == (), 20, "synchronous replication relaxed")
+    a.sql("INSERT INTO s VALUES (2)")
+    pgx.start_standby(b.cfg, LOCAL, a.cfg.port, "b")
+    wait_until_streaming(b)
+    assert b.observe().sync_names == ()  # a standby's owned file names nobody
+    c = pg_lab.new_node("c")
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:  # what the primary shows while pg_basebackup streams
+        while not done.is_set():
+            seen.update(r[0] for r in a.sql("SELECT application_name FROM pg_stat_replication"))
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    pgx.clone(c.cfg, LOCAL, a.cfg.port, "c")
+    done.set()
+    t.join(5)
+    assert "c" not in seen and pgx.CLONE_APPLICATION_NAME in seen, seen

@@ -154,3 +154,18 @@ def test_owned_conf_round_trip(value: str) -> None:
 
 def test_passfile_escaping() -> None:
     assert render_passfile("rep", "a:b\\c") == "*:*:*:rep:a\\:b\\\\c\n"
+
+
+def test_synchronous_standby_names_parsed_and_rendered() -> None:
+    from reconciler.observe.pgparse import parse_sync_names, render_sync_names
+
+    assert parse_sync_names("") == ()
+    assert parse_sync_names("mx2") == ("mx2",)
+    assert parse_sync_names('FIRST 1 ("mx2", mx-3)') == ("mx2", "mx-3")
+    assert parse_sync_names("ANY 2 (a, b, c)") == ("a", "b", "c")
+    assert parse_sync_names('2 ("a""b", c)') == ('a"b', "c")
+    assert parse_sync_names("*") == ("*",)
+    assert render_sync_names(()) == ""
+    assert render_sync_names(("mx2",)) == 'FIRST 1 ("mx2")'
+    for names in (("mx2",), ("db.1", "db-2")):
+        assert parse_sync_names(render_sync_names(names)) == names
