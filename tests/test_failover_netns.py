@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from demo.auto_cluster import AutoTwoNode, hook_runs
-from demo.cluster import NODES, VIP, wait_for
+from demo.cluster import NODES, VIP, in_ns, wait_for
 from reconciler.pgrun import postmaster
 from tests.conftest import need_etcd, need_postgres
 from tests.test_integration import Writer, holds, rows_on
@@ -137,6 +137,21 @@ def _rejoin(c: AutoTwoNode, old: str, holder: str) -> None:
     wait_for(lambda: c.steady(holder), 90, f"{old} the synchronous candidate of {holder}")
 
 
+def _logged_at(c: AutoTwoNode, node: str, text: str, after: float) -> float | None:
+    """Wall-clock time of the first agent log line containing `text` at or after `after`."""
+    import datetime
+
+    day = datetime.datetime.fromtimestamp(after).date()
+    for line in c.agent_log(node).splitlines():
+        if text not in line:
+            continue
+        hms = datetime.datetime.strptime(line.split()[0], "%H:%M:%S.%f").time()
+        t = datetime.datetime.combine(day, hms).timestamp()
+        if t >= after:
+            return t
+    return None
+
+
 def _unchanged(c: AutoTwoNode, holder: str, epoch: int, seconds: float = QUIET_S) -> None:
     """For `seconds`: the same holder at the same epoch, the other node never writable."""
     other = OTHER[holder]
@@ -237,12 +252,17 @@ def test_cut_from_both_demotes_itself_and_the_peer_takes_over(cluster: AutoTwoNo
     epoch = c.leader()[1]
     m, w = Monitor(c), _writer(c)
     w.wait_acks(20)
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     c.cut(old, new)
     c.cut(old, "wit")
     try:
         wait_for(lambda: c.leader() == (new, epoch + 1), 60, f"{new} holding the key at epoch {epoch + 1}")
         taken = time.monotonic() - t0
+        # the old holder was demoted within its budget: by demote_after_s + demotion_budget_s after
+        # the cut (its last renewal was before the cut), before its lease could run out
+        demoted = _logged_at(c, old, "- 4 addresses on eth0: ok", after=wall0)
+        budget = c.timings["demote_after_s"] + c.timings["demotion_budget_s"]
+        assert demoted is not None and demoted - wall0 <= budget, (demoted and demoted - wall0, budget)
         wait_for(lambda: holds(c, new, VIP), 30, f"{new} holding the floating address")
         w.wait_acks(20, timeout=60)
         assert not holds(c, old, VIP), f"{old} still holds the floating address"
@@ -359,3 +379,16 @@ def test_agent_then_postmaster_frozen(cluster: AutoTwoNode) -> None:
         os.kill(pm.pid, signal.SIGCONT)
     m.finish()
     _no_loss(c, w, h)
+
+
+def test_one_shot_apply_and_saved_plans_are_refused_in_automatic_mode(cluster: AutoTwoNode) -> None:
+    """Only the agent applies an automatic spec (it holds the lease): `apply` and `plan -out` say so."""
+    from demo.cluster import PY
+
+    c = cluster
+    for argv in (["apply", c.spec_path("mx1"), "--node", "mx1", "--yes"],
+                 ["plan", c.spec_path("mx1"), "--node", "mx1", "-out", os.path.join(c.root, "saved.plan")]):
+        r = in_ns(c.ns["mx1"], PY, "-m", "reconciler", *argv, check=False, timeout=60)
+        assert r.returncode == 1 and "failover.mode is automatic" in r.stderr, (r.stdout, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(os.path.join(c.root, "saved.plan"))

@@ -43,6 +43,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     source = FileSource(args.file)
     spec = sources.load(source)
     node = sources.node_of(spec, args.node, source)
+    if spec.model.failover.mode == "automatic":
+        raise UserError(f"{args.file}: failover.mode is automatic: the agent (`reconciler run`) applies it, "
+                        "holding the etcd lease; a one-shot apply would act without it (see `reconciler plan`)")
     logs.setup(args.log_format)
     link = PeerLink(spec, node)
 

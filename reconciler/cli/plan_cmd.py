@@ -49,6 +49,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     source = sources.from_args(args, strict=args.observed is None)
     spec = sources.load(source)
     node = sources.node_of(spec, args.node, source)
+    if args.out and spec.model.failover.mode == "automatic":
+        raise UserError("-out: failover.mode is automatic: only the agent applies, holding the etcd lease; "
+                        "a saved plan would be applied without it")
     if args.observed is None:
         from reconciler.observe.node import observe_node
 
