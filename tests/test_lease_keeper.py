@@ -192,3 +192,21 @@ def test_keeper_holds_while_the_agent_runs(cluster: EtcdCluster, tmp_path: Path)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_an_adopted_lease_keeps_the_previous_keepers_deadline_only_within_the_same_boot(tmp_path: Path) -> None:
+    """A restarted agent's keeper adopts the claim's lease: it starts from the previous keeper's
+    send time (a first failed keepalive then does not read as "never renewed"), but only for that
+    lease, from this boot, and not from the future (a reading of another boot)."""
+    from reconciler.coord.lease import adopted, boot_id, write_state
+
+    path = str(tmp_path / "lease.json")
+    write_state(path, LeaseState(lease=7, ttl=10, last_ok_sent=100.0, renewals=3, failures=2, paused_for="x"))
+    got = adopted(path, 7, 10, now=101.0)
+    assert (got.lease, got.last_ok_sent, got.failures, got.paused_for, got.boot_id) == (7, 100.0, 0, "", boot_id())
+    assert adopted(path, 8, 10, now=101.0).last_ok_sent is None  # another lease
+    assert adopted(path, 7, 10, now=50.0).last_ok_sent is None  # a reading from the future: another boot
+    other = LeaseState(lease=7, ttl=10, last_ok_sent=100.0, boot_id="another-boot")
+    write_state(path, other)
+    assert adopted(path, 7, 10, now=101.0).last_ok_sent is None
+    assert adopted(str(tmp_path / "none.json"), 7, 10, now=1.0) == LeaseState(lease=7, ttl=10)

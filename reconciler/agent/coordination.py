@@ -32,6 +32,7 @@ from reconciler import safefile
 from reconciler.agent.etcd_access import client_for, keeper_args
 from reconciler.coord import claim as claims
 from reconciler.coord.claim import Claim
+from reconciler.coord.connect import CoordConfigError
 from reconciler.coord.election import Election
 from reconciler.coord.etcd import EtcdError
 from reconciler.coord.lease import LeaseState, boottime, read_state, write_heartbeat
@@ -96,7 +97,7 @@ class Coordinator:
         self.election = Election(client_for(spec.model), spec.model.etcd_prefix())
 
     def start(self) -> None:
-        self.heartbeat()
+        """The keeper first renews (or grants) once the loop's first observation wrote a heartbeat."""
         self._start_keeper()
         threading.Thread(target=self._feed, name="watchdog-feed", daemon=True).start()
 
@@ -232,25 +233,31 @@ class Coordinator:
             if self.watchdog is None:
                 try:
                     self.watchdog = Watchdog(wd.device, wd.timeout_s)
-                except WatchdogError as e:
-                    raise CoordError(str(e)) from None
+                except (WatchdogError, OSError) as e:
+                    raise CoordError(f"watchdog {wd.device}: {e}") from None
                 st = self.lease_state()
                 self._fed_for = st.last_ok_sent if st is not None else None
                 safefile.write_file(os.path.join(self.dir, ARMED), f"{wd.device}\n".encode())
             if self.watchdog.timeout > wd.timeout_s:
-                raise CoordError(f"the watchdog {wd.device} took a timeout of {self.watchdog.timeout} s, "
-                                 f"more than watchdog.timeout_s ({wd.timeout_s})")
+                took = self.watchdog.timeout
+                self._disarm_locked()
+                raise CoordError(f"the watchdog {wd.device} took a timeout of {took} s, more than "
+                                 f"watchdog.timeout_s ({wd.timeout_s}): disarmed, nothing is promoted")
             return f"{self.watchdog.identity}, {self.watchdog.timeout} s"
 
     def _disarm(self) -> str:
         with self._wd_lock:
-            if self.watchdog is None:
-                return ""
-            stops = self.watchdog.disarm()
-            self.watchdog = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.dir, ARMED))
+            stops = self._disarm_locked()
         return "" if stops else "the driver has nowayout: it resets this node at its timeout"
+
+    def _disarm_locked(self) -> bool:
+        if self.watchdog is None:
+            return True
+        stops = self.watchdog.disarm()
+        self.watchdog = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, ARMED))
+        return stops
 
     def _feed(self) -> None:
         """Feed the armed watchdog once per keepalive the keeper got answered, never otherwise."""
@@ -259,7 +266,8 @@ class Coordinator:
                 if self.watchdog is None:
                     continue
                 st = self.lease_state()
-                sent = st.last_ok_sent if st is not None and st.lease is not None else None
+                held = self.claim.held_lease  # renewals of another lease (granted after the key was lost) feed nothing
+                sent = st.last_ok_sent if st is not None and st.lease is not None and st.lease == held else None
                 if sent is not None and sent != self._fed_for:
                     try:
                         self.watchdog.feed()
@@ -278,10 +286,11 @@ def read_only(spec: LoadedSpec, node: str, state_dir: str) -> CoordObs:
     d = coord_dir(state_dir, node)
     try:
         claim = read_claim(os.path.join(d, "claim.json"))
-    except CoordError as e:
-        return CoordObs(error=str(e))
-    return observe(list(spec.model.nodes), Election(client_for(spec.model), spec.model.etcd_prefix()), claim,
-                   read_state(os.path.join(d, "lease.json")), boottime(), os.path.exists(os.path.join(d, ARMED)))
+        election = Election(client_for(spec.model), spec.model.etcd_prefix())
+    except (CoordError, CoordConfigError, OSError, ValueError) as e:
+        return CoordObs(error=str(e).splitlines()[0][:300])
+    return observe(list(spec.model.nodes), election, claim, read_state(os.path.join(d, "lease.json")), boottime(),
+                   os.path.exists(os.path.join(d, ARMED)))
 
 
 # DRBD 8.4 fence-peer exit codes (drbd.conf(5), handlers): 4 = the peer is outdated (IO resumes,
@@ -306,7 +315,10 @@ def fence_peer(spec: LoadedSpec, node: str, state_dir: str) -> tuple[int, str]:
         return FENCE_REFUSED, f"fence-peer: {e}"
     if claim.held_lease is None or claim.held_epoch is None:
         return FENCE_REFUSED, f"fence-peer: {node} does not hold the leader key: IO stays frozen"
-    election = Election(client_for(spec.model), spec.model.etcd_prefix())
+    try:
+        election = Election(client_for(spec.model), spec.model.etcd_prefix())
+    except (CoordConfigError, OSError, ValueError) as e:
+        return FENCE_REFUSED, f"fence-peer: {str(e).splitlines()[0][:300]}: IO stays frozen"
     try:
         v = election.read()
         if (v.holder, v.holder_epoch, v.holder_lease) != (node, claim.held_epoch, claim.held_lease):
@@ -314,7 +326,7 @@ def fence_peer(spec: LoadedSpec, node: str, state_dir: str) -> tuple[int, str]:
                                    f"{v.holder_epoch}), not {node} at epoch {claim.held_epoch}: IO stays frozen")
         if not election.withdraw_candidate(claim.held_lease):
             return FENCE_REFUSED, f"fence-peer: the leader key is no longer carried by {node}'s lease: IO stays frozen"
-    except EtcdError as e:
+    except (EtcdError, ValueError) as e:
         return FENCE_REFUSED, f"fence-peer: etcd: {str(e).splitlines()[0][:300]}: IO stays frozen"
     return FENCE_OK, (f"fence-peer: {node} holds the leader key (epoch {claim.held_epoch}) and withdrew the "
                       "failover candidate: the peer cannot take over; IO goes on")

@@ -26,6 +26,7 @@ from reconciler.agent.peering import PeerLink, serve_deadline
 from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.source import FileSource, SourceError, SpecSource, stamp
 from reconciler.agent.state import DEFAULT_STATE_DIR, RevisionState, revision_label, short
+from reconciler.coord.connect import CoordConfigError
 from reconciler.coord.etcd import EtcdError
 from reconciler.execute import hooks
 from reconciler.execute.dispatch import Result, announce_held, run_action
@@ -143,6 +144,8 @@ class Agent:
                 return Result(True, self.coord.execute(spec, a))
         except (CoordError, EtcdError) as e:
             return Result(False, str(e).splitlines()[0][:300])
+        except Exception as e:  # a driver's failure (watchdog ioctl, state file) is reported, never raised
+            return Result(False, f"{type(e).__name__}: {e}".splitlines()[0][:300])
 
     def _start_server(self) -> None:
         from reconciler.peer import PeerServer, load_secret
@@ -166,7 +169,13 @@ class Agent:
             new = self.source.load()
             if self.node not in new.model.nodes:
                 raise SpecError(new.path, 1, 1, "nodes", f"this node {self.node!r} is not in nodes")
-        except (SpecError, SourceError, trust.UntrustedError) as e:
+            if new.model.failover.mode != self.spec.model.failover.mode:
+                raise SpecError(new.path, 1, 1, "failover.mode", "changing the failover mode takes a restart of "
+                                "the agent (its lease keeper and watchdog start and stop with it); switch over "
+                                "first so that this node holds no leader key")
+            if self.coord is not None:
+                self.coord.update(new)  # a bad CA or password file refuses the edit here, not in the loop
+        except (SpecError, SourceError, trust.UntrustedError, CoordConfigError, OSError, ValueError) as e:
             log.error(f"{self.node}: spec edit refused, keeping the last good one ({short(self.label)}): {e}")
             self.revs.attempt(self.source.attempted, error=str(e))
             return
@@ -178,8 +187,6 @@ class Agent:
         fenced = f", fenced: {', '.join(new.model.fenced)}" if new.model.fenced else ""
         log.info(f"{self.node}: now reconciling {rev}: primary is {new.model.primary}{fenced}")
         self.current = new
-        if self.coord is not None:
-            self.coord.update(new)
         self.revs.running(self.label)
         self.peer.update(new, self.node)
 
@@ -237,7 +244,14 @@ class Agent:
                 return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (n - 1)))
             case Waiting():
                 return WAIT_POLL_S
-        return float(self.spec.model.agent.drift_check_interval_s)  # Converged, OperatorNeeded
+        rest = float(self.spec.model.agent.drift_check_interval_s)  # Converged, OperatorNeeded
+        return rest
+
+    def _rest(self, o: Outcome) -> float:
+        """How long the loop rests after `o`: in automatic mode never longer than a renewal
+        interval, so that the lease keeper's heartbeat (written by each observation) stays fresh."""
+        d = self._delay(o)
+        return min(d, self.spec.model.failover.renew_interval_s) if self.coord is not None else d
 
     def step(self) -> Outcome:
         self._reload()
@@ -361,7 +375,7 @@ class Agent:
                 log.info(f"{self.node}: converged at {short(self.label)}")
             self._last_outcome = type(o)
             self.notify.ping()
-            delay, ping = self._delay(o), self.notify.next_ping_in()
+            delay, ping = self._rest(o), self.notify.next_ping_in()
             self.wake.wait(delay if ping is None else min(delay, ping))
             self.wake.clear()
 

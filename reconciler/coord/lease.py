@@ -49,6 +49,7 @@ class LeaseState:
     last_error: str = ""
     paused_for: str = ""  # why the keeper is not renewing (stale heartbeat), "" while it renews
     written_at: float = 0.0
+    boot_id: str = ""  # CLOCK_BOOTTIME readings mean something only within the boot that took them
 
     @property
     def deadline(self) -> float | None:
@@ -127,8 +128,29 @@ def write_heartbeat(path: str, now: float | None = None) -> None:
     safefile.write_file(path, f"{boottime() if now is None else now:.6f}\n".encode())
 
 
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read(64).strip()
+    except OSError:
+        return ""
+
+
 def write_state(path: str, state: LeaseState) -> None:
+    state.boot_id = state.boot_id or boot_id()
     safefile.write_file(path, (state.to_json() + "\n").encode())
+
+
+def adopted(path: str, lease: int, ttl: int, now: float) -> LeaseState:
+    """The state to start from when adopting `lease` (an agent restarted while holding): the previous
+    keeper's, if it was renewing that lease in this boot (so that the local deadline carries over:
+    a first keepalive that fails does not read as "never renewed"); else the lease, not yet renewed."""
+    prev = read_state(path)
+    if (prev is not None and prev.lease == lease and prev.last_ok_sent is not None and prev.boot_id
+            and prev.boot_id == boot_id() and prev.last_ok_sent <= now):
+        prev.paused_for, prev.failures = "", 0
+        return prev
+    return LeaseState(lease=lease, ttl=ttl)
 
 
 def read_state(path: str) -> LeaseState | None:
@@ -199,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     keeper = Keeper(etcd, a.ttl)
     if a.adopt:
-        keeper.state = LeaseState(lease=a.adopt, ttl=a.ttl)
+        keeper.state = adopted(a.state, a.adopt, a.ttl, keeper.clock())
     try:
         run(keeper, a.interval, a.heartbeat, a.max_heartbeat_age, a.state,
             lambda: stop["now"] or os.getppid() != parent)
