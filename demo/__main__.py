@@ -62,6 +62,13 @@ def rows_on(c: TwoNode, node: str) -> set[int]:
     return {int(x) for x in r.stdout.split()}
 
 
+def print_actions(c: TwoNode, node: str, alias: str, also: tuple[str, ...] = ()) -> None:
+    """One line per action the node's agent ran (and lines holding any of `also`), paths shown as `alias`."""
+    for line in c.agent_log(node).splitlines():
+        if (" in " in line and ("ok" in line or "failed" in line)) or any(t in line for t in also):
+            print("  " + line.replace(c.root, alias)[:220])
+
+
 def run_demo() -> int:
     template = open(SPEC).read()
     c = TwoNode(root=DEMO_ROOT, template=template)
@@ -113,9 +120,7 @@ def run_demo() -> int:
             show(c, n, "status", c.spec_path(n), "--node", n)
         say("9. What the agents did (one line per action)")
         for n in NODES:
-            for line in c.agent_log(n).splitlines():
-                if " in " in line and ("ok" in line or "failed" in line):
-                    print("  " + line.replace(c.root, DEMO_ROOT)[:220])
+            print_actions(c, n, DEMO_ROOT)
         return 0 if not lost else 1
     finally:
         if writer is not None and writer.poll() is None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from demo.__main__ import rows_on, say, writer_acks
+from demo.__main__ import print_actions, rows_on, say, writer_acks
 from demo.auto_cluster import WITNESS, AutoTwoNode
 from demo.cluster import NODES, PY, ROOT_DIR, VIP, WRITER, in_ns, wait_for
 
@@ -102,9 +102,7 @@ def run_demo() -> int:
             show(c, n, "status", c.spec_path(n), "--node", n)
         say("8. What the agents did (one line per action)")
         for n in NODES:
-            for line in c.agent_log(n).splitlines():
-                if " in " in line and ("ok" in line or "failed" in line) or "acquired" in line:
-                    print("  " + line.replace(c.root, "/demo")[:220])
+            print_actions(c, n, "/demo", also=("acquired",))
         return 0 if not lost else 1
     finally:
         if writer is not None and writer.poll() is None:
