@@ -147,6 +147,14 @@ class PostgresObs(_Frozen):
     sync_names: tuple[str, ...] = ()
     sync_standbys: tuple[str, ...] = ()
     streaming_standbys: tuple[str, ...] = ()  # pg_stat_replication: state streaming
+    standby_flush: dict[str, str] = {}  # pg_stat_replication: flush_lsn by application_name
+
+    @field_validator("standby_flush")
+    @classmethod
+    def _flush_lsns(cls, v: dict[str, str]) -> dict[str, str]:
+        for lsn in v.values():
+            _check_lsn(lsn)
+        return v
 
     @field_validator(
         "current_lsn", "receive_lsn", "replay_lsn", "checkpoint_lsn", "checkpoint_end_lsn"

@@ -20,6 +20,7 @@ import pytest
 from reconciler.execute import postgres as pgx
 from reconciler.model import TimelineSwitch, lsn_to_int
 from reconciler.pgrun import PostgresError, postmaster
+from reconciler.plan import pg_position
 from tests import pgcluster
 from tests.pgcluster import Node, PgLab, processes_under, wait_for, wait_until_streaming
 
@@ -227,6 +228,7 @@ def test_synchronous_replication_set_observed_kept_on_restart_reset_on_a_standby
     b = pg_lab.add_standby("b", a)
     o = a.observe()
     assert (o.sync_names, o.streaming_standbys, o.sync_standbys) == ((), ("b",), ())
+    assert set(o.standby_flush) == {"b"}
     pgx.set_sync(a.cfg, ("b",))
     o = wait_for(lambda: (x := a.observe()).sync_standbys == ("b",) and x, 20, "b synchronous")
     assert o.sync_names == ("b",) and o.streaming_standbys == ("b",)
@@ -269,3 +271,23 @@ def test_synchronous_replication_set_observed_kept_on_restart_reset_on_a_standby
     done.set()
     t.join(5)
     assert "c" not in seen and pgx.CLONE_APPLICATION_NAME in seen, seen
+
+
+def test_a_cascading_standby_follows_its_upstreams_promotion_and_the_flush_shows_when(pg_lab: PgLab) -> None:
+    """The holder publishes its peer as the failover candidate only once the peer has flushed past
+    the start of the holder's timeline (plan/leadership.py): on real PostgreSQL 15 a standby that
+    streamed from a standby before that one was promoted follows the new timeline, and the
+    promoted server's pg_stat_replication shows its flush position passing the fork."""
+    a = pg_lab.init_primary("a")
+    b = pg_lab.add_standby("b", a)
+    c = pg_lab.add_standby("c", b)
+    pgx.stop(a.cfg)
+    pgx.promote(b.cfg)
+    ob = wait_for(lambda: (x := b.observe()).in_recovery is False and x, 30, "b promoted")
+    start = pg_position.timeline_start(ob)
+    assert ob.timeline == 2 and start is not None
+    b.sql("CREATE TABLE t (v int)")  # WAL on timeline 2 past the fork
+    ob = wait_for(lambda: (x := b.observe()).standby_flush.get("c") and lsn_to_int(x.standby_flush["c"]) > start and x,
+                  30, "c flushed past the fork")
+    assert "c" in ob.streaming_standbys
+    wait_until_streaming(c, timeline=2)

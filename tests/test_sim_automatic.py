@@ -343,3 +343,24 @@ def test_found_by_the_long_profile_a_leader_isolated_by_a_power_off_answers_no_k
         step()
         m.safe()
     assert_automatic_converges(m)
+
+
+def test_found_by_the_long_profile_the_candidate_is_published_only_once_on_the_holders_timeline() -> None:
+    """Found by the long profile (unseeded, ~12,000 examples): from an unsettled start mx1
+    acquires, mx2 streams from mx1 while both are standbys, mx1 promotes to timeline 2 and at
+    once sees mx2 `sync` (it streamed before the promotion) — published then, mx2 could take
+    over from timeline 1 and fork a second timeline 2, which no automatic step may resolve.
+    The holder publishes only once the peer has flushed past the start of its timeline."""
+    m = AutoCluster()
+    m.start(drbd=False, base=False, settled=False)
+    w = m.c.world
+    for step in (lambda: m.agent_runs(node="mx1", steps=3), lambda: m.agent_runs(node="mx2", steps=5),
+                 lambda: m.pg_crash(node="mx1"), lambda: m.agent_runs(node="mx1", steps=5)):
+        step()
+        m.safe()
+    k = w.etcd.keys  # type: ignore[union-attr]
+    if k.candidate == ("mx2", 1):  # published: mx2 must already be on mx1's timeline
+        assert w.nodes["mx2"].pg.tli == w.nodes["mx1"].pg.tli, "published a candidate still on the old timeline"
+    m.holder_fails(how="cut", seconds=25)
+    m.safe()
+    assert_automatic_converges(m)

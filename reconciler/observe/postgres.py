@@ -44,7 +44,9 @@ _SQL_STANDBY = (
     " pg_get_wal_replay_pause_state() <> 'not paused'"
 )
 _SQL_WALRECEIVER = "SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver"
-_SQL_REPLICATION = "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY application_name"
+_SQL_REPLICATION = (
+    "SELECT application_name, state, sync_state, flush_lsn::text FROM pg_stat_replication ORDER BY application_name"
+)
 
 
 def read_postgres(cfg: Postgres, host: str | None = None) -> PostgresObs:
@@ -167,12 +169,13 @@ def _query_positions(conn: psycopg.Connection) -> dict[str, Any]:
 def _replication(conn: psycopg.Connection) -> dict[str, Any]:
     """A primary's synchronous replication: the standbys commits wait for (the live value of
     synchronous_standby_names), those pg_stat_replication shows streaming, and of those the
-    ones in sync now (`sync`, or `quorum` with ANY)."""
+    ones in sync now (`sync`, or `quorum` with ANY), with how far each has flushed."""
     row = conn.execute("SHOW synchronous_standby_names").fetchone()
     rows = conn.execute(_SQL_REPLICATION).fetchall()
     streaming = tuple(r[0] for r in rows if r[1] == "streaming")
     return {"sync_names": pgparse.parse_sync_names(str(row[0]) if row else ""), "streaming_standbys": streaming,
-            "sync_standbys": tuple(r[0] for r in rows if r[1] == "streaming" and r[2] in ("sync", "quorum"))}
+            "sync_standbys": tuple(r[0] for r in rows if r[1] == "streaming" and r[2] in ("sync", "quorum")),
+            "standby_flush": {str(r[0]): str(r[3]) for r in rows if r[3] is not None}}
 
 
 def replay_timeline(cfg: Postgres, host: str | None = None) -> int:

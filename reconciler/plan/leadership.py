@@ -31,7 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from reconciler.model import CoordObs, NodeObservation
+from reconciler.model import CoordObs, NodeObservation, PostgresObs
+from reconciler.plan import pg_position
 from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan.kinds import Acquisition
 from reconciler.spec.models import Spec
@@ -184,6 +185,18 @@ def _drbd_in_sync(own: NodeObservation) -> str | None:
     return None
 
 
+def _on_this_timeline(pg: PostgresObs, peer: str) -> Guard:
+    """A standby that streamed from this node before it was promoted is `sync` at once, but
+    until it has received WAL past the fork it is still on the old timeline: promoted then, it
+    would fork a timeline of the same number as this one (found by the long profile)."""
+    start = pg_position.timeline_start(pg)
+    flushed = pg_position.lsn(pg.standby_flush.get(peer))
+    ok = start is None or (flushed is not None and flushed > start)
+    return Guard("candidate_on_this_timeline", ok,
+                 f"{peer} has flushed up to {pg_position.fmt(flushed)}, not yet past the start of timeline "
+                 f"{pg.timeline} at {pg_position.fmt(start)}")
+
+
 def holder_steps(spec: Spec, me: str, own: NodeObservation) -> tuple[list[Action], list[Action]]:
     """(before promotion, after promotion) for the holder: arm the watchdog before anything is
     promoted; keep PostgreSQL synchronous with the peer and publish the peer as the candidate
@@ -205,7 +218,7 @@ def holder_steps(spec: Spec, me: str, own: NodeObservation) -> tuple[list[Action
     if peer in pg.sync_standbys and drbd_gap is None:
         if not published:
             after.append(Action(Kind.COORD_PUBLISH, peer, f"{peer} is synchronous: it becomes the failover "
-                                f"candidate of epoch {e}"))
+                                f"candidate of epoch {e}", guards=(_on_this_timeline(pg, peer),)))
         return before, after
     if peer in pg.streaming_standbys and peer not in pg.sync_names:
         after.append(Action(Kind.PG_SYNC_ON, peer, f"{peer} streams from here: commits wait for it"))

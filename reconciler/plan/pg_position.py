@@ -67,6 +67,14 @@ def switchpoint(history_of: PostgresObs, parent: int) -> int | None:
     return None
 
 
+def timeline_start(pg: PostgresObs) -> int | None:
+    """Where this server's current timeline began (its last history switchpoint; None on
+    timeline 1, or when the history is unknown)."""
+    if not pg.history:
+        return None
+    return lsn_to_int(max(pg.history, key=lambda sw: sw.parent).switchpoint)
+
+
 def fmt(value: int | None) -> str:
     if value is None:
         return "unknown"

@@ -76,7 +76,8 @@ def _pg(world: World, spec: LoadedSpec, node: Node) -> PostgresObs:
         streams = tuple(sorted(o.name for o in world.nodes.values() if o is not node and streaming(world, spec, o) is node))
         return PostgresObs(running=True, in_recovery=False, timeline=pg.tli, control_timeline=pg.control_tli,
                            current_lsn=end, sync_names=pg.sync_names, streaming_standbys=streams,
-                           sync_standbys=tuple(n for n in streams if n in pg.sync_names), **common)
+                           sync_standbys=tuple(n for n in streams if n in pg.sync_names),
+                           standby_flush={n: int_to_lsn(len(world.nodes[n].pg.wal)) for n in streams}, **common)
     src = source_node(world, spec, node)
     wr = None
     if src is not None and src.pg.running and world.reachable(node.name, src.name):
