@@ -364,3 +364,30 @@ def test_found_by_the_long_profile_the_candidate_is_published_only_once_on_the_h
     m.holder_fails(how="cut", seconds=25)
     m.safe()
     assert_automatic_converges(m)
+
+
+def test_an_acquisition_whose_claim_was_never_written_leaves_its_node_eligible() -> None:
+    """Found by review: the agent killed between the acquiring transaction and its claim file.
+    Its lease runs out with the key; etcd's epoch is then one that no agent remembers holding, no
+    candidate is published at it, and nobody would be eligible without an operator.  etcd's own
+    record of that acquisition (PREFIX/acquired, written in the same transaction) makes the node
+    that made it eligible again: nobody else can have written since."""
+    m = AutoCluster()
+    m.start(drbd=False, base=False, settled=True)
+    w, c = m.c.world, m.c
+    w.link_up = False  # mx1 cut from mx2 and the witness: mx2, the candidate, is about to acquire
+    w.etcd.wit_cut.add("mx1")  # type: ignore[union-attr]
+    c.settle()
+    for _ in range(80):
+        c.tick(1.0, renew=True)
+        c.agent_step("mx1")
+        a = c.plan_for("mx2").next_action
+        if a is not None and a.kind.value == "coord_acquire" and not a.blocked:
+            break
+        c.agent_step("mx2")
+    c.agent_step("mx2", limit=1)  # the transaction, not the claim file
+    k = w.etcd.keys  # type: ignore[union-attr]
+    assert k.leader is not None and k.leader[0] == "mx2" and w.nodes["mx2"].coord.held is None
+    m.agent_restart(node="mx2")
+    m.safe()
+    assert_automatic_converges(m)

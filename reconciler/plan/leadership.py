@@ -17,8 +17,9 @@ the agent's remembered epoch and claim) and says which node this node must plan 
   demotes, then releases the key; the peer acquires it at the next epoch.
 - otherwise it plans for the node etcd shows holding the key (or, while nobody does, the
   published candidate, which is about to), and acquires the key itself when it may:
-  as the published candidate of the last epoch; as the holder of the last epoch when no
-  candidate is published (nobody else can have written since); at the very first epoch
+  as the published candidate of the last epoch; as the holder of the last epoch (its claim
+  says so, or etcd's record of the acquisition does, when the agent died before writing its
+  claim) when no candidate is published (nobody else can have written since); at the very first epoch
   if the spec prefers it; or when the operator declared the peer `fenced:`.
 
 A node that took the key over as the candidate (epoch 2 or later) proceeds without an
@@ -133,6 +134,9 @@ def _eligible(spec: Spec, me: str, c: CoordObs) -> tuple[bool, str]:
         return False, f"no epoch yet: the spec prefers {spec.primary}"
     if c.held_epoch == e:
         return True, f"{me} held the last epoch ({e}) and no candidate is published: nobody else can have written since"
+    if c.last_node == me and c.last_epoch == e:  # acquired, but the agent died before its claim was written
+        return True, (f"etcd records that {me} acquired the last epoch ({e}) and no candidate is published: "
+                      "nobody else can have written since")
     if peer is not None and peer in spec.fenced:
         return True, f"the operator declared {peer} fenced (accepting the loss of what only it had)"
     return False, (f"nobody holds the leader key and no synchronous candidate is published at epoch {e}: "

@@ -208,7 +208,7 @@ def steps(world: World, spec: LoadedSpec, node: Node, a: Action) -> list[Callabl
         Kind.PG_PROMOTE: [lambda: _promote(world, node), lambda: setattr(node.pg, "control_tli", node.pg.tli)],
         Kind.PG_CHECKPOINT: [lambda: setattr(node.pg, "control_tli", node.pg.tli)],
         Kind.AWAIT: [],
-        Kind.COORD_ACQUIRE: [lambda: _etcd(world, node, "acquire", spec.digest)],
+        Kind.COORD_ACQUIRE: [lambda: _etcd(world, node, "acquire", spec.digest), lambda: _claim(world, node, spec.digest)],
         Kind.COORD_RELEASE: [lambda: _release(world, spec, node)],
         Kind.COORD_PUBLISH: [lambda: _publish(world, spec, node, t)],
         Kind.COORD_WITHDRAW: [lambda: _etcd(world, node, "withdraw")],
@@ -233,6 +233,13 @@ def _etcd(world: World, node: Node, op: str, *args: str) -> None:
     result = getattr(world.etcd, op)(world, node.name, *args)
     if result != "ok":
         raise Refused(result)
+
+
+def _claim(world: World, node: Node, revision: str) -> None:
+    assert world.etcd is not None and world.etcd.keys.acquired is not None
+    owner, epoch = world.etcd.keys.acquired
+    assert owner == node.name and node.coord.lease is not None
+    world.etcd.record_claim(world, node.name, epoch, node.coord.lease, revision)
 
 
 def _release(world: World, spec: LoadedSpec, node: Node) -> None:

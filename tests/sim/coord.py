@@ -34,6 +34,7 @@ class Keyspace:
     epoch: int = 0
     leader: tuple[str, int, int] | None = None  # (node, epoch, lease)
     candidate: tuple[str, int] | None = None  # (node, epoch)
+    acquired: tuple[str, int] | None = None  # PREFIX/acquired: (node, epoch), written with the epoch
     leases: dict[int, float] = field(default_factory=dict)  # lease -> expiry (server time)
     next_lease: int = 1
 
@@ -144,7 +145,9 @@ class SimEtcd:
                         leader=k.leader[0] if k.leader else None, leader_epoch=k.leader[1] if k.leader else None,
                         leader_lease=k.leader[2] if k.leader else None,
                         candidate=k.candidate[0] if k.candidate else None,
-                        candidate_epoch=k.candidate[1] if k.candidate else None, **base)
+                        candidate_epoch=k.candidate[1] if k.candidate else None,
+                        last_node=k.acquired[0] if k.acquired else None,
+                        last_epoch=k.acquired[1] if k.acquired else None, **base)
 
     def agent_bookkeeping(self, world, node: str) -> None:
         """What the real agent does after each observation: remember the highest epoch seen, and
@@ -198,10 +201,15 @@ class SimEtcd:
         if c.held is not None and c.held[0] != k.epoch:
             return "refused: stale claim"
         k.epoch += 1
-        k.leader, k.candidate = (node, k.epoch, c.lease), None
-        c.held, c.remembered = (k.epoch, c.lease, revision), max(c.remembered, k.epoch)
+        k.leader, k.candidate, k.acquired = (node, k.epoch, c.lease), None, (node, k.epoch)
         self.issued.append((k.epoch, node))
         return "ok"
+
+    def record_claim(self, world, node: str, epoch: int, lease: int, revision: str) -> None:
+        """The agent's claim file written after a successful acquisition (a kill in between
+        leaves etcd showing an acquisition the agent has no record of)."""
+        c = world.nodes[node].coord
+        c.held, c.remembered = (epoch, lease, revision), max(c.remembered, epoch)
 
     def holds(self, world, node: str) -> bool:
         c, k = world.nodes[node].coord, self.keys
