@@ -19,20 +19,24 @@ from reconciler.observe.drbd import parse_sh_status
 
 RESOURCE, DEVICE, PORT = "r0", "/dev/drbd0", 7789
 CONFIG_PATH = f"/etc/drbd.d/{RESOURCE}.res"
-FENCING = ("dont-care", "resource-only")
+FENCING = ("dont-care", "resource-only", "resource-and-stonith")
 NO_MD = "No valid meta data found"
 
 
-def resource_config(fencing: str = "dont-care") -> str:
+def resource_config(fencing: str = "dont-care", fence_peer: str | None = None) -> str:
     """The r0 resource for both nodes.  dont-care: the reconciler's own guards (and the
-    operator's `fenced:`) decide promotion; no fence-peer handler exists in the lab."""
+    operator's `fenced:`) decide promotion.  `fence_peer`: the handler's path (automatic
+    failover: `reconciler fence-peer`, lab.automatic), with a fencing policy other than dont-care."""
     if fencing not in FENCING:
         raise ValueError(f"fencing must be one of {FENCING}")
+    if fence_peer is not None and (fencing == "dont-care" or not fence_peer.startswith("/")):
+        raise ValueError("a fence-peer handler (an absolute path) goes with a fencing policy other than dont-care")
+    handlers = f'  handlers {{ fence-peer "{fence_peer}"; }}\n' if fence_peer else ""
     hosts = "".join(
         f"  on {n.name} {{ device {DEVICE}; disk {DRBD_DISK}; address {n.repl_ip}:{PORT}; meta-disk internal; }}\n"
         for n in NODES
     )
-    return f"resource {RESOURCE} {{\n  disk {{ fencing {fencing}; }}\n  net {{ protocol C; }}\n{hosts}}}\n"
+    return f"resource {RESOURCE} {{\n  disk {{ fencing {fencing}; }}\n{handlers}  net {{ protocol C; }}\n{hosts}}}\n"
 
 
 def observe(lab: Lab, name: str) -> DrbdObs:
@@ -75,10 +79,10 @@ def _both(lab: Lab, argv: list[str], timeout: float = 60.0) -> list[ExecResult]:
     return [lab.exec(n.name, argv, timeout=timeout).check() for n in NODES]
 
 
-def provision(lab: Lab, fencing: str = "dont-care", wipe: bool = False) -> str:
+def provision(lab: Lab, fencing: str = "dont-care", wipe: bool = False, fence_peer: str | None = None) -> str:
     """Run the whole set-up; a one-line summary.  LabError (and nothing changed) on used disks."""
     t0 = time.monotonic()
-    text = resource_config(fencing)
+    text = resource_config(fencing, fence_peer)
     for n in NODES:
         lab.exec(n.name, ["cp", "/dev/stdin", CONFIG_PATH], timeout=10, input_text=text).check()
         lab.exec(n.name, ["drbdadm", "dump", RESOURCE], timeout=20).check()

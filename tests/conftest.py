@@ -84,7 +84,7 @@ def need_postgres() -> None:
 
 @pytest.fixture
 def story(run: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The VM tiers' scenarios (test_e2e_lab, test_lab_reboots, test_lab_mail) share one lab
+    """The VM tiers' scenarios (test_e2e_lab, test_lab_failover, test_lab_reboots, test_lab_mail) share one lab
     session, the module's `run`: each scenario builds on the state the previous one left, so
     it is skipped when an earlier one failed, and its own failure is recorded."""
     if run.failed:

@@ -62,7 +62,11 @@ def test_resource_config_is_8_4_syntax() -> None:
     assert "  on mx1 { device /dev/drbd0; disk /dev/vda; address 10.0.0.1:7789; meta-disk internal; }\n" in text
     assert "disk { fencing dont-care; }" in text and "net { protocol C; }" in text
     with pytest.raises(ValueError):
-        resource_config("resource-and-stonith")
+        resource_config("resource-and-fun")
+    with pytest.raises(ValueError):
+        resource_config("dont-care", "/etc/reconciler/fence-peer")  # a handler nothing would call
+    text = resource_config("resource-and-stonith", "/etc/reconciler/fence-peer")
+    assert 'disk { fencing resource-and-stonith; }\n  handlers { fence-peer "/etc/reconciler/fence-peer"; }\n' in text
 
 
 def test_layout_refuses_bad_names() -> None:
