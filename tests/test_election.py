@@ -180,3 +180,26 @@ def test_drbd_fence_peer_handler_succeeds_only_for_the_holder(cluster: EtcdClust
     code, line = fence("mx1")
     assert code == FENCE_OK, line
     assert cluster.run("wit", e.read).candidate is None  # the peer can no longer take over
+    assert cluster.run("wit", e.fence_mark) > 0  # and a publication decided before cannot undo that
+
+
+def test_a_publication_decided_before_the_fence_peer_handler_ran_is_refused(cluster: EtcdCluster) -> None:
+    """The holder's agent reads the fence mark, then DRBD (connected), then publishes; DRBD's
+    fence-peer handler, run in between because the link dropped, withdrew the candidate and moved
+    the mark: the publication fails instead of undoing the withdrawal.  Decided afresh (new mark,
+    DRBD connected again), it succeeds and clears the mark."""
+    e = _election(cluster, f"/mark/{time.monotonic_ns()}")
+    lease, _ = cluster.run("mx1", e.client.grant, 30)
+    assert cluster.run("mx1", e.acquire, "mx1", lease, 0)
+    mark = cluster.run("mx1", e.fence_mark)
+    assert mark == 0
+    assert cluster.run("mx1", e.withdraw_candidate, lease, "mx1")  # the handler, between the read and the txn
+    assert not cluster.run("mx1", e.publish_candidate, lease, "mx2", 1, mark)
+    assert cluster.run("wit", e.read).candidate is None
+    fresh = cluster.run("mx1", e.fence_mark)
+    assert fresh > 0
+    assert cluster.run("mx1", e.publish_candidate, lease, "mx2", 1, fresh)
+    assert cluster.run("wit", e.read).candidate == "mx2" and cluster.run("wit", e.fence_mark) == 0
+    assert cluster.run("mx1", e.withdraw_candidate, lease)  # the agent's own withdrawal writes no mark
+    assert cluster.run("wit", e.fence_mark) == 0
+    assert cluster.run("mx1", e.publish_candidate, lease, "mx2", 1)  # no DRBD: no mark compared

@@ -39,8 +39,10 @@ from reconciler.coord.lease import LeaseState, boottime, read_state, write_heart
 from reconciler.coord.watchdog import Watchdog, WatchdogError
 from reconciler.model import CoordObs
 from reconciler.observe.coord import observe
+from reconciler.observe.drbd import DrbdObserveError, read_drbd
 from reconciler.plan.actions import Action, Kind
 from reconciler.plan.kinds import Acquisition
+from reconciler.plan.leadership import drbd_in_sync
 from reconciler.spec import LoadedSpec
 
 log = logging.getLogger("reconciler")
@@ -55,6 +57,14 @@ KINDS = (Kind.COORD_ACQUIRE, Kind.COORD_RELEASE, Kind.COORD_PUBLISH, Kind.COORD_
 
 class CoordError(Exception):
     pass
+
+
+def drbd_gap(spec: LoadedSpec) -> str | None:
+    """Why DRBD, read now, is not fit for a failover candidate (None: it is)."""
+    try:
+        return drbd_in_sync(read_drbd(spec.model.drbd))
+    except (DrbdObserveError, OSError, ValueError) as e:
+        return f"DRBD cannot be read ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
 
 
 def coord_dir(state_dir: str, node: str) -> str:
@@ -187,9 +197,9 @@ class Coordinator:
                 lease, e = self.claim.held_lease, self.claim.held_epoch
                 if lease is None or e is None:
                     raise CoordError("this node holds no leader key")
-                ok = (self.election.publish_candidate(lease, a.target, e) if a.kind is Kind.COORD_PUBLISH
-                      else self.election.withdraw_candidate(lease))
-                if not ok:
+                if a.kind is Kind.COORD_PUBLISH:
+                    return self._publish(spec, lease, a.target, e)
+                if not self.election.withdraw_candidate(lease):
                     raise CoordError("the leader key is not carried by this node's lease any more")
                 return ""
             case Kind.WATCHDOG_ARM:
@@ -219,6 +229,22 @@ class Coordinator:
         self._save(claims.acquired(self.claim, p.after_epoch + 1, st.lease, spec.revision or spec.digest))
         log.warning(f"{self.node}: acquired the leader key at epoch {p.after_epoch + 1}")
         return f"epoch {p.after_epoch + 1}"
+
+    def _publish(self, spec: LoadedSpec, lease: int, node: str, epoch: int) -> str:
+        """Publish the peer, decided on an observation that showed DRBD connected.  With DRBD, the
+        order closes the race with the fence-peer handler: read its mark, then DRBD afresh, then
+        publish only if the mark has not moved (a link that dropped after this DRBD read has a
+        handler that either withdraws after the publication or moved the mark before it)."""
+        mark = None
+        if spec.model.drbd:
+            mark = self.election.fence_mark()
+            gap = drbd_gap(spec)
+            if gap is not None:
+                raise CoordError(f"{gap}: {node} is not published")
+        if not self.election.publish_candidate(lease, node, epoch, mark):
+            raise CoordError("the leader key is not carried by this node's lease any more"
+                             + ("" if mark is None else ", or DRBD's fence-peer handler ran since the plan"))
+        return ""
 
     def _delete_stale(self) -> None:
         st = self.lease_state()
@@ -324,7 +350,7 @@ def fence_peer(spec: LoadedSpec, node: str, state_dir: str) -> tuple[int, str]:
         if (v.holder, v.holder_epoch, v.holder_lease) != (node, claim.held_epoch, claim.held_lease):
             return FENCE_REFUSED, (f"fence-peer: etcd shows {v.holder or 'nobody'} holding the leader key (epoch "
                                    f"{v.holder_epoch}), not {node} at epoch {claim.held_epoch}: IO stays frozen")
-        if not election.withdraw_candidate(claim.held_lease):
+        if not election.withdraw_candidate(claim.held_lease, fenced_by=node):
             return FENCE_REFUSED, f"fence-peer: the leader key is no longer carried by {node}'s lease: IO stays frozen"
     except (EtcdError, ValueError) as e:
         return FENCE_REFUSED, f"fence-peer: etcd: {str(e).splitlines()[0][:300]}: IO stays frozen"

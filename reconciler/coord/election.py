@@ -23,6 +23,7 @@ from reconciler.coord.etcd import (
     KeyValue,
     cmp_create_revision,
     cmp_lease,
+    cmp_mod_revision,
     cmp_value,
     op_delete,
     op_put,
@@ -112,12 +113,32 @@ class Election:
         r = self.client.txn([cmp_lease(leader_key, lease)], [op_delete(leader_key)])
         return r.succeeded
 
-    def publish_candidate(self, lease: int, node: str, epoch: int) -> bool:
-        """Declare `node` fit to take over after `epoch`, only while this lease carries `leader`."""
-        r = self.client.txn([cmp_lease(self.key("leader"), lease)],
-                            [op_put(self.key("candidate"), candidate_doc(node, epoch))])
-        return r.succeeded
+    def fence_mark(self) -> int:
+        """The mod_revision of `drbd_fenced` (0: absent): what a publication is decided on."""
+        r = self.client.txn([], [op_range(self.key("drbd_fenced"))])
+        kvs = r.ranges[0] if r.ranges else ()
+        return kvs[0].mod_revision if kvs else 0
 
-    def withdraw_candidate(self, lease: int) -> bool:
-        r = self.client.txn([cmp_lease(self.key("leader"), lease)], [op_delete(self.key("candidate"))])
-        return r.succeeded
+    def publish_candidate(self, lease: int, node: str, epoch: int, fence_mark: int | None = None) -> bool:
+        """Declare `node` fit to take over after `epoch`, only while this lease carries `leader`.
+
+        With `fence_mark` (DRBD configured): also only if DRBD's fence-peer handler has not
+        written `drbd_fenced` since the caller read `fence_mark` and then saw DRBD connected, so
+        that a publication decided on a connection that has since dropped cannot undo the
+        handler's withdrawal; the mark is cleared with the publication."""
+        compare = [cmp_lease(self.key("leader"), lease)]
+        success = [op_put(self.key("candidate"), candidate_doc(node, epoch))]
+        if fence_mark is not None:
+            compare.append(cmp_mod_revision(self.key("drbd_fenced"), fence_mark))
+            success.append(op_delete(self.key("drbd_fenced")))
+        return self.client.txn(compare, success).succeeded
+
+    def withdraw_candidate(self, lease: int, fenced_by: str | None = None) -> bool:
+        """Withdraw the candidate, only while this lease carries `leader`.  `fenced_by` (DRBD's
+        fence-peer handler on that node) also writes `drbd_fenced`, which a publication decided
+        before it then fails on."""
+        success = [op_delete(self.key("candidate"))]
+        if fenced_by is not None:
+            note = json.dumps({"node": fenced_by, "at": round(time.time(), 3)})
+            success.append(op_put(self.key("drbd_fenced"), note))
+        return self.client.txn([cmp_lease(self.key("leader"), lease)], success).succeeded

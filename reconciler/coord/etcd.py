@@ -104,6 +104,11 @@ def cmp_value(key: str, value: str, result: str = "EQUAL") -> dict[str, Any]:
     return {"key": _b64(key), "target": "VALUE", "result": result, "value": _b64(value)}
 
 
+def cmp_mod_revision(key: str, revision: int, result: str = "EQUAL") -> dict[str, Any]:
+    """`mod_revision(key) <result> revision`; 0 for a key that does not exist."""
+    return {"key": _b64(key), "target": "MOD", "result": result, "mod_revision": str(revision)}
+
+
 def cmp_lease(key: str, lease: int, result: str = "EQUAL") -> dict[str, Any]:
     return {"key": _b64(key), "target": "LEASE", "result": result, "lease": str(lease)}
 

@@ -30,9 +30,10 @@ extends to discarding anything: a rewind still needs `fenced:` (plan/postgres.py
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from reconciler.model import CoordObs, NodeObservation, PostgresObs
+from reconciler.model import CoordObs, DrbdObs, NodeObservation, PostgresObs
 from reconciler.plan import pg_position
 from reconciler.plan.actions import Action, Guard, Kind
 from reconciler.plan.kinds import Acquisition
@@ -182,8 +183,10 @@ def confirm_promotions(own: NodeObservation, actions: list[Action]) -> list[Acti
     return [replace(a, guards=a.guards + (g,)) if a.kind in PROMOTIONS else a for a in actions]
 
 
-def _drbd_in_sync(own: NodeObservation) -> str | None:
-    for name, d in sorted(own.drbd.items()):
+def drbd_in_sync(drbd: Mapping[str, DrbdObs]) -> str | None:
+    """Why these DRBD resources are not fit for a failover candidate (None: each is Connected
+    with an UpToDate peer disk)."""
+    for name, d in sorted(drbd.items()):
         if not (d.configured and d.connection == "Connected" and d.peer_disk == "UpToDate"):
             return f"DRBD {name} is {d.connection}, peer disk {d.peer_disk}"
     return None
@@ -218,7 +221,7 @@ def holder_steps(spec: Spec, me: str, own: NodeObservation) -> tuple[list[Action
     after: list[Action] = []
     e = c.held_epoch
     published = c.reachable and c.candidate == peer and c.candidate_epoch == e
-    drbd_gap = _drbd_in_sync(own)
+    drbd_gap = drbd_in_sync(own.drbd)
     if peer in pg.sync_standbys and drbd_gap is None:
         if not published:
             after.append(Action(Kind.COORD_PUBLISH, peer, f"{peer} is synchronous: it becomes the failover "
