@@ -156,9 +156,9 @@ class SimCluster:
         for lease in set(before) - set(w.etcd.keys.leases):
             for name, n in w.nodes.items():
                 c = n.coord
-                if c.held is None or c.held[1] != lease or c.last_good is None or c.paused_since_renewal:
+                if c.held is None or c.held[1] != lease or c.held_good is None or c.paused_since_renewal:
                     continue
-                sent = c.last_good + n.clock_lag  # real time of the last answered keepalive
+                sent = c.held_good + n.clock_lag  # real time of the last answered keepalive of that lease
                 if n.on and (c.wd_armed or self._writable(n)) and w.now < sent + w.etcd.wd_timeout:
                     w.violations.append(f"the lease of {name} expired on the server at {w.now:g} s, before its "
                                         f"own deadline ({sent:g} s + watchdog {w.etcd.wd_timeout:g} s)")
@@ -219,7 +219,7 @@ class SimCluster:
         node = self.world.nodes[name]
         self.pg_crash(name)
         node.on = node.agent = False
-        node.coord.lease = node.coord.last_good = None  # the keeper's process is gone; the state file stays
+        node.coord.lease = node.coord.last_good = node.coord.held_good = None  # the keeper is gone; the state file stays
         node.coord.wd_armed = node.coord.keeper_stopped = node.paused = False
         for d in node.drbd.values():
             d.configured, d.role, d.standalone = False, "Secondary", False
@@ -339,7 +339,7 @@ class SimCluster:
             if not self._writable(n) or w.etcd.holds(w, n.name) or c.paused_since_renewal:
                 continue
             claim_alive = c.held is not None and c.held[1] in k.leases
-            within = c.last_good is not None and w.local(n.name) - c.last_good < w.etcd.wd_timeout
+            within = c.held_good is not None and w.local(n.name) - c.held_good < w.etcd.wd_timeout
             if not (claim_alive or within):
                 out.append(f"{n.name} is writable without the leader key, its lease ended and past its watchdog deadline")
         behind = k.epoch < max(n.coord.remembered for n in w.nodes.values())  # restored: refused by both agents

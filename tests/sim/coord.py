@@ -45,6 +45,9 @@ class NodeCoord:
 
     lease: int | None = None
     last_good: float | None = None  # node clock: send time of the last answered keepalive
+    # node clock: the same, for the lease the claim holds (only those feed the watchdog, as in
+    # agent/coordination.py: a keeper that had to take a new lease renews nothing the key hangs on)
+    held_good: float | None = None
     heartbeat: float = 0.0  # node clock: the agent's last step
     keeper_stopped: bool = False  # SIGSTOPped keeper
     wd_armed: bool = False
@@ -182,8 +185,10 @@ class SimEtcd:
         else:
             return
         c.last_good, c.paused_since_renewal = now, False
-        if c.wd_armed:
-            c.wd_fed = now
+        if c.held is not None and c.held[1] == c.lease:
+            c.held_good = now
+            if c.wd_armed:
+                c.wd_fed = now
 
     def watchdogs(self, world) -> list[str]:
         """Nodes whose watchdog fires now (their clock past the last feed + timeout)."""
@@ -210,6 +215,7 @@ class SimEtcd:
         leaves etcd showing an acquisition the agent has no record of)."""
         c = world.nodes[node].coord
         c.held, c.remembered = (epoch, lease, revision), max(c.remembered, epoch)
+        c.held_good = c.last_good if lease == c.lease else None
 
     def holds(self, world, node: str) -> bool:
         c, k = world.nodes[node].coord, self.keys
