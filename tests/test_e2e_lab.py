@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pytest
 
-from lab.client import LabError
 from lab.cluster import BASE, MOUNT, PG_BIN, PY, LabCluster, Writer, floating, last_state
 from lab.lab import Lab
 from lab.provision import DEVICE, RESOURCE, observe, provision
@@ -81,6 +80,23 @@ class Run:
                 self.capture(f"{state}.{node}.{src}.txt", node, argv, step)
 
 
+def keep_evidence(r: Run, tmp: Path) -> None:
+    """A lab session's teardown before `lab down`: stop the client, keep both agent logs (their
+    tails printed when a scenario failed) and the consoles; a node that is off is skipped."""
+    if r.writer is not None:
+        r.writer.stop()
+    for n in ("mx1", "mx2"):
+        try:
+            log = r.c.log(n)
+            (tmp / f"agent-{n}.log").write_text(log)
+            if r.failed:
+                print(f"----- {n} agent log (last 60 lines; all in {tmp}) -----\n"
+                      + "\n".join(log.splitlines()[-60:]))
+        except Exception as e:  # noqa: BLE001 - a node may be off; the teardown goes on
+            print(f"(no agent log from {n}: {e})")
+    print(r.lab.keep_consoles(tmp))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     _need_lab()
@@ -99,19 +115,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         r.times["_start"] = time.monotonic()
         yield r
     finally:
-        if r.writer is not None:
-            r.writer.stop()
-        for n in ("mx1", "mx2"):
-            try:
-                log = r.c.log(n)
-                (tmp / f"agent-{n}.log").write_text(log)
-                if r.failed:
-                    tail = "\n".join(log.splitlines()[-60:])
-                    print(f"----- {n} agent log (last 60 lines; all in {tmp}) -----\n{tail}")
-            except LabError:
-                pass
         _write_captures(r)
-        print(lab.keep_consoles(tmp))
+        keep_evidence(r, tmp)
         t = time.monotonic()
         lab.down()
         r.times["lab down"] = time.monotonic() - t

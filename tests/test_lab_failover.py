@@ -31,7 +31,7 @@ from lab.lab import Lab
 from lab.provision import RESOURCE, observe, provision
 from lab.topology import Layout
 from tests.conftest import need
-from tests.test_e2e_lab import Run, _need_lab, assert_cluster, lines
+from tests.test_e2e_lab import Run, _need_lab, assert_cluster, keep_evidence, lines
 from tests.test_lab_reboots import boot_offset, lost_on, new_boot, wait_one
 
 pytestmark = pytest.mark.slow
@@ -60,18 +60,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             c.install_boot(n)
         yield r
     finally:
-        if r.writer is not None:
-            r.writer.stop()
-        for n in ("mx1", "mx2"):
-            try:
-                log = c.log(n)
-                (tmp / f"agent-{n}.log").write_text(log)
-                if r.failed:
-                    print(f"----- {n} agent log (last 60 lines; all in {tmp}) -----\n"
-                          + "\n".join(log.splitlines()[-60:]))
-            except Exception as e:  # noqa: BLE001 - a node may be off; the teardown goes on
-                print(f"(no agent log from {n}: {e})")
-        print(lab.keep_consoles(tmp))
+        keep_evidence(r, tmp)
         c.close()
         lab.down()
         r.times["total"] = time.monotonic() - t0

@@ -32,7 +32,7 @@ from lab.cluster import IFACE, LabCluster, Writer, last_state
 from lab.lab import Lab
 from lab.provision import RESOURCE, provision
 from lab.topology import Layout
-from tests.test_e2e_lab import Run, _need_lab, assert_cluster, lines, wait_drbd
+from tests.test_e2e_lab import Run, _need_lab, assert_cluster, keep_evidence, lines, wait_drbd
 
 pytestmark = [pytest.mark.slow, pytest.mark.reboots]
 
@@ -59,18 +59,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             r.c.install_boot(n)
         yield r
     finally:
-        if r.writer is not None:
-            r.writer.stop()
-        for n in ("mx1", "mx2"):
-            try:
-                log = r.c.log(n)
-                (tmp / f"agent-{n}.log").write_text(log)
-                if r.failed:
-                    print(f"----- {n} agent log (last 60 lines; all in {tmp}) -----\n"
-                          + "\n".join(log.splitlines()[-60:]))
-            except Exception as e:  # noqa: BLE001 - a node may be off; the teardown goes on
-                print(f"(no agent log from {n}: {e})")
-        print(lab.keep_consoles(tmp))
+        keep_evidence(r, tmp)
         lab.down()
         r.times["total"] = time.monotonic() - t0
         print("\nreboot scenarios: " + "; ".join(f"{k}: {v}" for k, v in FIGURES.items()))
