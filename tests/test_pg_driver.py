@@ -228,7 +228,9 @@ def test_synchronous_replication_set_observed_kept_on_restart_reset_on_a_standby
     b = pg_lab.add_standby("b", a)
     o = a.observe()
     assert (o.sync_names, o.streaming_standbys, o.sync_standbys) == ((), ("b",), ())
-    assert set(o.standby_flush) == {"b"}
+    # flush_lsn is NULL until the standby's first status message: absent from the observation, then b's
+    assert set(o.standby_flush) <= {"b"}
+    wait_for(lambda: set(a.observe().standby_flush) == {"b"}, 20, "b's flush position reported")
     pgx.set_sync(a.cfg, ("b",))
     o = wait_for(lambda: (x := a.observe()).sync_standbys == ("b",) and x, 20, "b synchronous")
     assert o.sync_names == ("b",) and o.streaming_standbys == ("b",)
