@@ -24,6 +24,8 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from reconciler.plan.actions import Plan
+from reconciler.plan.kinds import Kind
 from tests.sim.cluster import SimCluster
 from tests.sim.coord import WITNESS
 from tests.sim.observe import streaming
@@ -281,11 +283,15 @@ def heal(m: AutoCluster) -> None:
 
 def operator_consents(m: AutoCluster) -> None:
     """What the plans ask of the operator: re-clone an empty target, or declare a diverged node
-    fenced (with the current holder preferred, so that this is no switchover)."""
+    fenced (with the current holder preferred, so that this is no switchover), or, when nobody
+    holds the key and neither node may take it, declare one of them fenced."""
     c = m.c
     c.operator_resolve_split_brain()
     c.operator_reclone()
     k = c.world.etcd.keys  # type: ignore[union-attr]
+    if k.leader is None and all(_asks_to_fence_the_peer(c.plan_for(n)) for n in NODES):
+        _operator_picks_a_primary(m)
+        return
     for name in NODES:
         p = c.plan_for(name)
         if any(g.name == "declared_fenced" and not g.holds for a in p.actions for g in a.guards) and k.leader:
@@ -295,6 +301,32 @@ def operator_consents(m: AutoCluster) -> None:
                 m._spec(k.leader[0])
                 for n in NODES:
                     c.world.nodes[n].spec_version = len(c.specs) - 1
+
+
+def _asks_to_fence_the_peer(p: Plan) -> bool:
+    """The plan's acquisition waits on `eligible` only: the node may lack commits the last
+    holder acknowledged, and only the operator's `fenced: [peer]` lets it take over."""
+    return any(a.kind is Kind.COORD_ACQUIRE and [g.name for g in a.guards if not g.holds] == ["eligible"]
+               for a in p.actions)
+
+
+def _operator_picks_a_primary(m: AutoCluster) -> None:
+    """Nobody can tell from etcd who wrote last (a double fault erased what it recorded: an
+    agent killed between its acquisition and its claim, then etcd restored from a snapshot
+    older than that acquisition).  The operator, who can look at both nodes, keeps the one
+    with every acknowledged commit and the most WAL and declares the other fenced."""
+    w = m.c.world
+
+    def rank(n: str) -> tuple[bool, int, bool]:
+        tokens = {t for _, t in w.nodes[n].pg.wal}
+        return all(t in tokens for t in w.acked_commits), len(w.nodes[n].pg.wal), n == m.c.specs[-1].model.primary
+
+    keep = max(NODES, key=rank)
+    m.fenced = (next(n for n in NODES if n != keep),)
+    w.fenced_ever = True
+    m._spec(keep)
+    for n in NODES:
+        w.nodes[n].spec_version = len(m.c.specs) - 1
 
 
 def assert_automatic_converges(m: AutoCluster) -> None:

@@ -26,3 +26,24 @@ def test_renewals_of_a_lease_the_key_does_not_hang_on_feed_no_watchdog() -> None
     m.safe()
     assert "mx1: watchdog reset" in m.c.log
     assert_automatic_converges(m)
+
+
+def test_nobody_may_take_the_key_after_a_kill_mid_acquisition_and_a_restore_the_operator_picks() -> None:
+    """Found by the long profile (unseeded, ~16,000 examples, 4ca35be): mx1 killed between its
+    acquiring transaction and its claim file; restarted, it deleted the leader key naming it (an
+    epoch it had no record of); then etcd was restored from a snapshot taken before that
+    acquisition (its record of who acquired gone) and the operator put the epoch back.  Nobody
+    holds the key, no candidate is published, neither node remembers holding the last epoch: both
+    plans wait for the operator to declare the other fenced, and say so.  Nothing is promoted on a
+    guess; the operator (here: the one with every acknowledged commit kept) decides."""
+    m = AutoCluster()
+    m.start(drbd=False, base=False, settled=False)
+    m.etcd_snapshot()
+    m.agent_killed_mid_action(limit=1, node="mx1")
+    m.agent_restart(node="mx1")
+    m.world_runs(agents="mx2", seconds=1)
+    m.agent(node="mx1")
+    m.etcd_restored_from_snapshot(i=0)
+    m.safe()
+    assert_automatic_converges(m)
+    assert m.fenced, "converged without the operator's declaration"
