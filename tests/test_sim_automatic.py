@@ -46,6 +46,7 @@ class AutoCluster(RuleBasedStateMachine):
         mx2 its synchronous candidate): most races worth finding start from there."""
         self.flags = {"drbd": drbd}
         self.fenced: tuple[str, ...] = ()
+        self.restored = False  # etcd was restored from a snapshot: what it recorded may be gone
         key = (type(self).__name__, drbd, base)
         if settled and key in _SETTLED:  # the same 25 s of healthy running every time: copied
             done = _SETTLED[key]
@@ -203,6 +204,7 @@ class AutoCluster(RuleBasedStateMachine):
         assert etcd is not None
         etcd.restore(self.c.world, i)
         etcd.keys.candidate = None
+        self.restored = True
 
     # ---- faults on the nodes ----------------------------------------------------------------------
     @rule(node=st.sampled_from(NODES))
@@ -289,7 +291,8 @@ def operator_consents(m: AutoCluster) -> None:
     c.operator_resolve_split_brain()
     c.operator_reclone()
     k = c.world.etcd.keys  # type: ignore[union-attr]
-    if k.leader is None and all(_asks_to_fence_the_peer(c.plan_for(n)) for n in NODES):
+    # only after a restore: without one, etcd or a node's claim always shows who wrote last
+    if m.restored and k.leader is None and all(_asks_to_fence_the_peer(c.plan_for(n)) for n in NODES):
         _operator_picks_a_primary(m)
         return
     for name in NODES:
