@@ -21,6 +21,7 @@ RESOURCE, DEVICE, PORT = "r0", "/dev/drbd0", 7789
 CONFIG_PATH = f"/etc/drbd.d/{RESOURCE}.res"
 FENCING = ("dont-care", "resource-only", "resource-and-stonith")
 NO_MD = "No valid meta data found"
+PING_TIMEOUT_DS = 30  # tenths of a second, as drbd.conf counts them
 
 
 def resource_config(fencing: str = "dont-care", fence_peer: str | None = None) -> str:
@@ -36,7 +37,11 @@ def resource_config(fencing: str = "dont-care", fence_peer: str | None = None) -
         f"  on {n.name} {{ device {DEVICE}; disk {DRBD_DISK}; address {n.repl_ip}:{PORT}; meta-disk internal; }}\n"
         for n in NODES
     )
-    return f"resource {RESOURCE} {{\n  disk {{ fencing {fencing}; }}\n{handlers}  net {{ protocol C; }}\n{hosts}}}\n"
+    # ping-timeout 3 s (default 0.5 s): two software-emulated VMs stall for longer than half a second
+    # under load, and every missed PingAck dropped the link (with fencing, ran the fence-peer handler,
+    # which withdraws the failover candidate); a real cable pull is still seen within ping-int + 3 s
+    net = f"  net {{ protocol C; ping-timeout {PING_TIMEOUT_DS}; }}\n"
+    return f"resource {RESOURCE} {{\n  disk {{ fencing {fencing}; }}\n{handlers}{net}{hosts}}}\n"
 
 
 def observe(lab: Lab, name: str) -> DrbdObs:

@@ -60,7 +60,7 @@ def test_initrd_holds_busybox_modules_in_dependency_order_and_the_scripts(tmp_pa
 def test_resource_config_is_8_4_syntax() -> None:
     text = resource_config()
     assert "  on mx1 { device /dev/drbd0; disk /dev/vda; address 10.0.0.1:7789; meta-disk internal; }\n" in text
-    assert "disk { fencing dont-care; }" in text and "net { protocol C; }" in text
+    assert "disk { fencing dont-care; }" in text and "net { protocol C; ping-timeout 30; }" in text
     with pytest.raises(ValueError):
         resource_config("resource-and-fun")
     with pytest.raises(ValueError):
