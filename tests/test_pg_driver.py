@@ -8,6 +8,7 @@ that every acknowledged insert survives.  Run with -s to see the measured step t
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from reconciler.execute import postgres as pgx
 from reconciler.model import TimelineSwitch, lsn_to_int
-from reconciler.pgrun import PostgresError, postmaster
+from reconciler.pgrun import PostgresError, data_owner, pg_bin, postmaster, run_as_owner
 from reconciler.plan import pg_position
 from tests import pgcluster
 from tests.pgcluster import Node, PgLab, processes_under, wait_for, wait_until_streaming
@@ -177,6 +178,42 @@ def test_sigkilled_primary_is_crash_recovered_in_single_user_mode(pg_lab: PgLab)
     assert pgx.crash_recover(a.cfg) == ""  # already clean: nothing to do
     pgx.start_primary(a.cfg)
     assert len(ids(a)) == 10
+
+
+def test_a_crashed_synchronous_primary_past_the_fork_holds_only_housekeeping_and_the_plan_says_at_most(pg_lab: PgLab) -> None:
+    """What the plan says a rewind would discard, on real PostgreSQL 15: a synchronous primary
+    SIGKILLed after acknowledged commits, its standby promoted, then our single-user crash recovery
+    (archive_mode on, so its shutdown switches to a new WAL segment).  Past the fork it holds only
+    the two checkpoints, hint-bit page images and the segment switch, yet its WAL ends ~16 MB
+    later: the figure is an upper bound, and the message says so."""
+    a = pg_lab.init_primary("a")
+    b = pg_lab.add_standby("b", a)
+    wait_for(lambda: set(a.observe().standby_flush) == {"b"}, 20, "b's flush position reported")
+    pgx.set_sync(a.cfg, ("b",))
+    wait_for(lambda: a.observe().sync_standbys == ("b",), 20, "b synchronous")
+    a.sql("CREATE TABLE t (id bigserial PRIMARY KEY, v text)")
+    for _ in range(40):  # each acknowledged only once b flushed it
+        a.sql("INSERT INTO t(v) SELECT repeat('x', 100) FROM generate_series(1, 50)")
+    pm = postmaster(a.cfg.data_dir)
+    assert pm is not None
+    os.kill(pm.pid, signal.SIGKILL)
+    wait_for(lambda: not processes_under(a.cfg.data_dir) and not os.path.exists(f"/proc/{pm.pid}"),
+             what="the killed postmaster and its backends to be gone")
+    pgx.promote(b.cfg)
+    ob = wait_for(lambda: (x := b.observe()).in_recovery is False and x, 30, "b promoted")
+    pgx.crash_recover(a.cfg)
+    oa = a.observe()
+    fork = next(h.switchpoint for h in ob.history if h.parent == 1)
+
+    verdict, lost = pg_position.rejoin_verdict(oa, ob)
+    assert verdict == "diverged" and f"WAL after the fork at {fork} on timeline 1" in lost
+    past = lsn_to_int(oa.checkpoint_end_lsn or "0/0") - lsn_to_int(fork)
+    assert past > 8 << 20 and f"at most {past:,} bytes" in lost and "padding to the end of that WAL segment" in lost
+    argv = [pg_bin(a.cfg, "pg_waldump"), "-p", os.path.join(a.cfg.data_dir, "pg_wal"), "-t", "1", "-s", fork]
+    out = run_as_owner(data_owner(a.cfg.data_dir), argv, 60, check=False).stdout
+    kinds = re.findall(r"desc: (\w+)", out)
+    assert kinds.count("CHECKPOINT_SHUTDOWN") == 2 and kinds[-1] == "CHECKPOINT_SHUTDOWN", out[-2000:]
+    assert set(kinds) <= {"CHECKPOINT_SHUTDOWN", "FPI_FOR_HINT", "SWITCH"}, out[-2000:]
 
 
 def test_clone_refuses_a_non_empty_directory_and_never_shows_the_password(pg_lab: PgLab) -> None:

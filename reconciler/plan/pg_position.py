@@ -120,6 +120,7 @@ def rejoin_verdict(own: PostgresObs, source: PostgresObs) -> tuple[str, str]:
     if ok:
         return "follow", ""
     return "diverged", (
-        f"WAL after the fork at {fmt(sp)} on timeline {mine.timeline} (this node has up to {fmt(mine.lsn)}: "
-        f"{max(mine.lsn - sp, 0):,} bytes)"
+        f"WAL after the fork at {fmt(sp)} on timeline {mine.timeline} (this node's WAL ends at {fmt(mine.lsn)}: "
+        f"at most {max(mine.lsn - sp, 0):,} bytes, counting its shutdown checkpoint and, after a crash "
+        f"recovery, the end-of-recovery checkpoint and the padding to the end of that WAL segment)"
     )
