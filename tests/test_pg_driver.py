@@ -152,18 +152,23 @@ def test_diverged_former_primary_is_detected_and_rewound(pg_lab: PgLab) -> None:
         assert pg_lab.password not in f.read()
 
 
-def test_sigkilled_primary_is_crash_recovered_in_single_user_mode(pg_lab: PgLab) -> None:
-    a = pg_lab.init_primary("a")
-    a.sql("CREATE TABLE t (id bigserial PRIMARY KEY, v int)")
-    a.sql("INSERT INTO t(v) SELECT 1 FROM generate_series(1, 10)")
-    pm = postmaster(a.cfg.data_dir)
+def sigkill_postmaster(node: Node) -> None:
+    """A crash: SIGKILL the postmaster, then wait until it and its backends are gone."""
+    pm = postmaster(node.cfg.data_dir)
     assert pm is not None
     os.kill(pm.pid, signal.SIGKILL)
 
     def gone() -> bool:  # until init reaps it, a zombie postmaster still holds postmaster.pid's lock
-        return not processes_under(a.cfg.data_dir) and not os.path.exists(f"/proc/{pm.pid}")
+        return not processes_under(node.cfg.data_dir) and not os.path.exists(f"/proc/{pm.pid}")
 
     wait_for(gone, what="the killed postmaster and its backends to be gone")
+
+
+def test_sigkilled_primary_is_crash_recovered_in_single_user_mode(pg_lab: PgLab) -> None:
+    a = pg_lab.init_primary("a")
+    a.sql("CREATE TABLE t (id bigserial PRIMARY KEY, v int)")
+    a.sql("INSERT INTO t(v) SELECT 1 FROM generate_series(1, 10)")
+    sigkill_postmaster(a)
     oa = a.observe()
     assert not oa.running and oa.cluster_state == "in production" and oa.checkpoint_end_lsn is None
     with pytest.raises(PostgresError, match="crash-recover first"):  # an unclean primary may hold WAL past the fork
@@ -194,11 +199,7 @@ def test_a_crashed_synchronous_primary_past_the_fork_holds_only_housekeeping_and
     a.sql("CREATE TABLE t (id bigserial PRIMARY KEY, v text)")
     for _ in range(40):  # each acknowledged only once b flushed it
         a.sql("INSERT INTO t(v) SELECT repeat('x', 100) FROM generate_series(1, 50)")
-    pm = postmaster(a.cfg.data_dir)
-    assert pm is not None
-    os.kill(pm.pid, signal.SIGKILL)
-    wait_for(lambda: not processes_under(a.cfg.data_dir) and not os.path.exists(f"/proc/{pm.pid}"),
-             what="the killed postmaster and its backends to be gone")
+    sigkill_postmaster(a)
     pgx.promote(b.cfg)
     ob = wait_for(lambda: (x := b.observe()).in_recovery is False and x, 30, "b promoted")
     pgx.crash_recover(a.cfg)
